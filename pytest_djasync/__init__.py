@@ -1,0 +1,6 @@
+"""pytest-djasync: make the async-safety of Django code testable and CI-gateable."""
+
+from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
+
+__all__ = ["ASGIStreamingTransport", "django_asgi_app"]
+__version__ = "0.1.0.dev0"

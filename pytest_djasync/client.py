@@ -1,0 +1,229 @@
+"""The streaming ASGI transport and the app factory behind ``asgi_client``.
+
+httpx's own ``ASGITransport`` collects the whole response body before it returns, so a test
+cannot see a streaming response arrive chunk by chunk, and it answers ``http.disconnect`` as
+soon as the body is read, which makes Django 5+ cancel the view. This transport behaves like an
+ASGI server instead: the request body is streamed in, ``receive()`` blocks until the client
+goes away, and every ``http.response.body`` message reaches the client as its own chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+
+from pytest_djasync.findings import current_request
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+_BODY_QUEUE_SIZE = 8  # enough to keep the app busy, small enough to apply back-pressure
+
+
+def django_asgi_app() -> ASGIApp:
+    """Return the project's ASGI application, built now from the current settings.
+
+    ``settings.ASGI_APPLICATION`` (a dotted path, as Channels and Daphne use) wins when set;
+    otherwise a fresh ``ASGIHandler``, so middleware and URLconf settings in force now apply.
+    """
+    from django.conf import settings
+    from django.core.handlers.asgi import ASGIHandler
+    from django.utils.module_loading import import_string
+
+    dotted = getattr(settings, "ASGI_APPLICATION", None)
+    if dotted:
+        app: ASGIApp = import_string(dotted)
+        return app
+    handler: ASGIApp = ASGIHandler()  # type: ignore[assignment]
+    return handler
+
+
+def build_scope(request: httpx.Request, client: tuple[str, int], root_path: str) -> Scope:
+    url = request.url
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": url.scheme,
+        "path": url.path,
+        "raw_path": url.raw_path.split(b"?")[0],
+        "query_string": url.query,
+        "root_path": root_path,
+        "headers": [(key.lower(), value) for key, value in request.headers.raw],
+        "server": (url.host, url.port or (443 if url.scheme == "https" else 80)),
+        "client": client,
+    }
+
+
+class _Exchange:
+    """One request/response between the client and the app, seen from both ends."""
+
+    def __init__(self, request: httpx.Request) -> None:
+        self._body = request.stream
+        self._body_iter: AsyncIterator[bytes] | None = None
+        self._body_done = False
+        self.started = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_BODY_QUEUE_SIZE)
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            # Like a server: block until the client goes away, not a moment sooner.
+            await self.disconnected.wait()
+            return {"type": "http.disconnect"}
+        if self._body_iter is None:
+            assert isinstance(self._body, httpx.AsyncByteStream)
+            self._body_iter = self._body.__aiter__()
+        try:
+            chunk = await self._body_iter.__anext__()
+        except StopAsyncIteration:
+            self._body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+            self.started.set()
+        elif message["type"] == "http.response.body" and not self.disconnected.is_set():
+            body = message.get("body", b"")
+            if body:
+                await self._put(body)
+            if not message.get("more_body", False):
+                await self._put(None)
+
+    async def _put(self, item: bytes | None) -> None:
+        # A client that stopped reading must not leave the app blocked on a full queue.
+        put = asyncio.ensure_future(self.chunks.put(item))
+        gone = asyncio.ensure_future(self.disconnected.wait())
+        await asyncio.wait({put, gone}, return_when=asyncio.FIRST_COMPLETED)
+        put.cancel()
+        gone.cancel()
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, exchange: _Exchange, task: asyncio.Task[None], raise_errors: bool) -> None:
+        self._exchange = exchange
+        self._task = task
+        self._raise_errors = raise_errors
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await _first_of(self._exchange.chunks.get(), self._task)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        # Waiting for the app means a test sees all of a request's work done once the
+        # response is closed: signals, ``response.close()``, thread hops.
+        self._exchange.disconnected.set()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise
+        except Exception:
+            if self._raise_errors:
+                raise
+
+
+async def _first_of(get: Awaitable[bytes | None], task: asyncio.Task[None]) -> bytes | None:
+    """The next chunk, or ``None`` once the app finished without sending more."""
+    getter = asyncio.ensure_future(get)
+    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
+    return None
+
+
+class ASGIStreamingTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that serves requests with an ASGI app the way a server would.
+
+    ``app`` is the application or a zero-argument factory for it (``app_factory``); the factory
+    runs on the first request, so configuration changed before then is honoured.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp | None = None,
+        *,
+        app_factory: Callable[[], ASGIApp] | None = None,
+        raise_app_exceptions: bool = True,
+        root_path: str = "",
+        client: tuple[str, int] = ("127.0.0.1", 123),
+    ) -> None:
+        if (app is None) == (app_factory is None):
+            raise TypeError("pass exactly one of app= and app_factory=")
+        self._app = app
+        self._app_factory = app_factory
+        self._raise_errors = raise_app_exceptions
+        self._root_path = root_path
+        self._client = client
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def app(self) -> ASGIApp:
+        if self._app is None:
+            assert self._app_factory is not None
+            self._app = self._app_factory()
+        return self._app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        app = self.app
+        exchange = _Exchange(request)
+        scope = build_scope(request, self._client, self._root_path)
+        context = contextvars.copy_context()
+        context.run(current_request.set, f"{request.method} {request.url.path}")
+        # A task copies the context current at its creation (``create_task(context=)`` is 3.11+).
+        task: asyncio.Task[None] = context.run(
+            asyncio.ensure_future, app(scope, exchange.receive, exchange.send)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        started = asyncio.ensure_future(exchange.started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not exchange.started.is_set():
+            return await self._no_response(task, exchange)
+        return httpx.Response(
+            exchange.status,
+            headers=exchange.headers,
+            stream=_ResponseStream(exchange, task, self._raise_errors),
+            request=request,
+        )
+
+    async def _no_response(self, task: asyncio.Task[None], exchange: _Exchange) -> httpx.Response:
+        exchange.disconnected.set()
+        error = task.exception() if not task.cancelled() else None
+        if error is not None and self._raise_errors:
+            raise error
+        if error is None and self._raise_errors:
+            raise RuntimeError("the ASGI app returned without sending a response")
+        return httpx.Response(500)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def cancel_pending(self) -> None:
+        """Cancel app tasks left running by responses that were never closed (sync teardown)."""
+        for task in list(self._tasks):
+            loop = task.get_loop()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)

@@ -1,0 +1,178 @@
+"""Options and ini keys, resolved once (command line, then ini, then default) into frozen settings.
+
+Every value remembers where it came from, so the header can say it and a bad value can be
+reported against the place the user has to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+GUARD_GROUPS = ("sleep", "socket", "dns", "select", "subprocess", "http", "file")
+DEFAULT_GUARDS = frozenset(GUARD_GROUPS) - {"file"}  # small template/config reads are harmless
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting(Generic[T]):
+    value: T
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    enabled: Setting[bool]
+    block_ms: Setting[float]
+    report: Setting[Path | None]
+    guard: Setting[frozenset[str]]
+    allow: Setting[tuple[str, ...]]
+
+    def header_lines(self) -> list[str]:
+        state = "on" if self.enabled.value else "off (use --djasync to watch this run)"
+        guards = " ".join(sorted(self.guard.value)) or "none"
+        lines = [
+            f"djasync: {state} [{self.enabled.source}]",
+            f"  block_ms={self.block_ms.value:g} [{self.block_ms.source}]",
+            f"  report={self.report.value or 'none'} [{self.report.source}]",
+            f"  guard={guards} [{self.guard.source}]",
+        ]
+        if self.allow.value:
+            lines.append(f"  allow={', '.join(self.allow.value)} [{self.allow.source}]")
+        return lines
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    flag: str
+    ini: str
+    help: str
+
+
+ENABLE = _Option("--djasync", "djasync", "watch every test for async-safety problems")
+BLOCK_MS = _Option(
+    "--djasync-block-ms", "djasync_block_ms", "loop-stall threshold in milliseconds (100)"
+)
+REPORT = _Option("--djasync-report", "djasync_report", "write the JSON report to this path")
+GUARD = _Option(
+    "--djasync-guard",
+    "djasync_guard",
+    f"blocking-call guards to arm: 'default' or any of {', '.join(GUARD_GROUPS)}"
+    " ('file' is off by default)",
+)
+ALLOW = _Option(
+    "--djasync-allow",
+    "djasync_allow",
+    "module:function patterns whose blocking is accepted (fnmatch, repeatable)",
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("djasync", "async-safety checks for Django (pytest-djasync)")
+    group.addoption(ENABLE.flag, action="store_true", default=None, help=ENABLE.help)
+    for option in (BLOCK_MS, REPORT, GUARD):
+        group.addoption(option.flag, default=None, metavar="VALUE", help=option.help)
+    group.addoption(ALLOW.flag, action="append", default=None, metavar="PATTERN", help=ALLOW.help)
+    for option in (ENABLE, BLOCK_MS, REPORT, GUARD):
+        parser.addini(option.ini, option.help, type="string", default="")
+    parser.addini(ALLOW.ini, ALLOW.help, type="linelist", default=[])
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read every setting once; raise ``pytest.UsageError`` naming any bad value."""
+    return Settings(
+        enabled=_pick(config, ENABLE, parse_bool, False),
+        block_ms=_pick(config, BLOCK_MS, parse_block_ms, 100.0),
+        report=_pick(config, REPORT, _parse_path, None),
+        guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),
+        allow=_pick(config, ALLOW, _parse_patterns, ()),
+    )
+
+
+def _pick(
+    config: pytest.Config, option: _Option, parse: Callable[[str], T], default: T
+) -> Setting[T]:
+    cli = config.getoption(option.flag.lstrip("-").replace("-", "_"))
+    if cli is not None:
+        raw = cli if isinstance(cli, str) else _join(cli)
+        return _parsed(parse, raw, option.flag)
+    ini = config.getini(option.ini)
+    if ini:
+        where = f"{option.ini} in {config.inipath.name if config.inipath else 'ini'}"
+        return _parsed(parse, ini if isinstance(ini, str) else _join(ini), where)
+    return Setting(default, "default")
+
+
+def _join(values: object) -> str:
+    if isinstance(values, bool):
+        return "true" if values else "false"
+    assert isinstance(values, Sequence)
+    return "\n".join(str(v) for v in values)
+
+
+def _parsed(parse: Callable[[str], T], raw: str, where: str) -> Setting[T]:
+    try:
+        return Setting(parse(raw), where)
+    except ValueError as exc:
+        raise pytest.UsageError(f"pytest-djasync: {where}: {exc}") from None
+
+
+def parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean; use one of: {', '.join(_TRUE + _FALSE[:-1])}")
+
+
+def parse_block_ms(raw: str | float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"{raw!r} is not a valid threshold; give a positive number of milliseconds, e.g. 100"
+        )
+    return value
+
+
+def parse_guards(raw: str) -> frozenset[str]:
+    words = raw.replace(",", " ").split()
+    chosen: set[str] = set()
+    for word in words:
+        if word == "default":
+            chosen |= DEFAULT_GUARDS
+        elif word == "none":
+            continue
+        elif word in GUARD_GROUPS:
+            chosen.add(word)
+        else:
+            choices = ", ".join(("default", "none", *GUARD_GROUPS))
+            raise ValueError(f"unknown guard {word!r}; choose from: {choices}")
+    return frozenset(chosen)
+
+
+def _parse_path(raw: str) -> Path | None:
+    text = raw.strip()
+    if not text:
+        raise ValueError("the report path is empty; give a file path such as djasync.json")
+    return Path(text)
+
+
+def _parse_patterns(raw: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in raw.splitlines() if p.strip())
+    for pattern in patterns:
+        if ":" not in pattern:
+            raise ValueError(
+                f"{pattern!r} is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
+            )
+    return patterns

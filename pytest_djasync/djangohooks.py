@@ -1,0 +1,49 @@
+"""What the plugin needs from Django itself, imported lazily so Django loads only when used."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def test_client_signals() -> Iterator[None]:
+    """Keep Django from closing the test's database connection at each request's start and end.
+
+    Django's own test clients do the same: ``close_old_connections`` would otherwise close the
+    connection that holds the test's transaction.
+    """
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    started = request_started.disconnect(close_old_connections)
+    finished = request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        if started:
+            request_started.connect(close_old_connections)
+        if finished:
+            request_finished.connect(close_old_connections)
+
+
+def warm_up() -> None:
+    """Import the URLconf, the views and the middleware before the first test runs.
+
+    Otherwise the first request pays for those imports inside a loop step, and the watchdog
+    would blame whichever test happened to run first.
+    """
+    try:
+        from django.apps import apps
+        from django.conf import settings
+
+        if not settings.configured or not apps.ready:
+            return
+        from django.urls import get_resolver
+
+        get_resolver().reverse_dict  # noqa: B018 - resolving imports every URLconf and view
+        from pytest_djasync.client import django_asgi_app
+
+        django_asgi_app()  # loading the middleware chain imports every middleware class
+    except Exception:
+        pass

@@ -1,0 +1,251 @@
+"""Finding records, the collector of a test's findings, and the rule that picks the user's frame.
+
+Detectors run in any thread and only ever *add* findings here; the plugin decides what fails.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import fnmatch
+import functools
+import os
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+STALL = "stall"
+BLOCKING_CALL = "blocking-call"
+
+_MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    path: str  # absolute path of the source file
+    line: int
+    function: str  # qualified name where the interpreter knows it
+    module: str
+
+    def relative_path(self, root: Path | None) -> str:
+        if root is not None:
+            try:
+                return os.path.relpath(self.path, root)
+            except ValueError:  # another drive on Windows
+                pass
+        return self.path
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line} in {self.function}"
+
+
+Stack = tuple[Frame, ...]  # outermost first, like a traceback
+
+
+@dataclasses.dataclass
+class Finding:
+    kind: str
+    what: str  # the blocking call ("time.sleep") or what stalled ("event loop step")
+    duration_ms: float | None
+    stack: Stack
+    location: Frame | None
+    request: str | None
+    fix: str
+    thread: str
+    note: str = ""
+    count: int = 1
+    allowed_by: str | None = None  # the djasync_allow pattern that accepted it
+
+    @property
+    def key(self) -> tuple[str, str, Frame | None]:
+        return (self.kind, self.what, self.location)
+
+    def message(self, root: Path | None = None) -> str:
+        """The one-line summary used in failures, the terminal summary and the JSON report."""
+        where = _where(self.location, root)
+        took = f" for {self.duration_ms:.0f} ms" if self.duration_ms is not None else ""
+        times = f" ({self.count} calls)" if self.count > 1 else ""
+        if self.kind == STALL:
+            return f"event loop blocked{took} at {where}{times}"
+        return f"blocking call {self.what}(){took} on the event loop at {where}{times}"
+
+
+def _where(frame: Frame | None, root: Path | None) -> str:
+    if frame is None:
+        return "an unknown location"
+    return f"{frame.relative_path(root)}:{frame.line} in {frame.function}"
+
+
+class Collector:
+    """All findings of one test, merged by kind, call and place; safe to feed from any thread."""
+
+    def __init__(self, nodeid: str, allow: Sequence[str] = ()) -> None:
+        self.nodeid = nodeid
+        self._allow = tuple(allow)
+        self.matched_patterns: set[str] = set()
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str, Frame | None], Finding] = {}
+        self.notes: list[str] = []  # warnings that are not findings (a GIL-hogging thread)
+
+    def add(self, finding: Finding) -> None:
+        pattern = _allowing_pattern(finding.stack, self._allow)
+        with self._lock:
+            if pattern is not None:
+                finding.allowed_by = pattern
+                self.matched_patterns.add(pattern)
+            known = self._by_key.get(finding.key)
+            if known is None:
+                self._by_key[finding.key] = finding
+                return
+            known.count += finding.count
+            if finding.duration_ms is not None:
+                known.duration_ms = (known.duration_ms or 0.0) + finding.duration_ms
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if text not in self.notes:
+                self.notes.append(text)
+
+    def findings(self) -> list[Finding]:
+        with self._lock:
+            return list(self._by_key.values())
+
+    def failing(self) -> list[Finding]:
+        return [f for f in self.findings() if f.allowed_by is None]
+
+
+def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
+    for pattern in patterns:
+        module_pat, _, func_pat = pattern.partition(":")
+        for frame in stack:
+            short = frame.function.rpartition(".")[2]
+            if fnmatch.fnmatchcase(frame.module, module_pat) and (
+                fnmatch.fnmatchcase(frame.function, func_pat)
+                or fnmatch.fnmatchcase(short, func_pat)
+            ):
+                return pattern
+    return None
+
+
+#: The request being served, as ``"GET /path/"``, set by the ASGI entry points the plugin knows.
+current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "djasync_current_request", default=None
+)
+
+_active: Collector | None = None
+_internal_errors: list[str] = []
+
+
+def activate(collector: Collector | None) -> None:
+    """Route findings to ``collector`` (``None``: drop them, no test is running)."""
+    global _active
+    _active = collector
+
+
+def record(finding: Finding) -> None:
+    collector = _active
+    if collector is not None:
+        collector.add(finding)
+
+
+def note(text: str) -> None:
+    collector = _active
+    if collector is not None:
+        collector.note(text)
+
+
+def internal_error(doing: str, exc: BaseException) -> None:
+    """A fault of the plugin itself: kept for the session summary, never raised into the app."""
+    _internal_errors.append(f"pytest-djasync internal error while {doing}: {exc!r}")
+
+
+def take_internal_errors() -> list[str]:
+    errors = list(_internal_errors)
+    _internal_errors.clear()
+    return errors
+
+
+def recording() -> bool:
+    return _active is not None
+
+
+def active_collector() -> Collector | None:
+    return _active
+
+
+# -- frames -------------------------------------------------------------------------------------
+
+
+def capture_one(frame: FrameType) -> Stack:
+    code = frame.f_code
+    return (
+        Frame(
+            path=code.co_filename,
+            line=frame.f_lineno or code.co_firstlineno,
+            function=getattr(code, "co_qualname", code.co_name),
+            module=str(frame.f_globals.get("__name__", "?")),
+        ),
+    )
+
+
+def capture(frame: FrameType | None) -> Stack:
+    """The stack from ``frame`` out to the loop step running it, outermost first.
+
+    Frames outside the step (the event loop, pytest) and the plugin's own frames are left out:
+    they are the same for every finding. Works on another thread's frame too.
+    """
+    frames: list[Frame] = []
+    while frame is not None and len(frames) < _MAX_DEPTH:
+        if frame.f_code is _STEP_CODE[0]:
+            break
+        frames.extend(capture_one(frame))
+        frame = frame.f_back
+    frames.reverse()
+    while frames and frames[-1].path.startswith(_PLUGIN_DIR):
+        frames.pop()
+    return tuple(frames)
+
+
+_PLUGIN_DIR = str(Path(__file__).resolve().parent) + os.sep
+_STEP_CODE: list[object] = [None]  # the code object of the watchdog's step wrapper
+
+
+def mark_step_boundary(code: object) -> None:
+    _STEP_CODE[0] = code
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    roots.add(str(Path(__file__).resolve().parent))
+    return tuple(sorted({os.path.realpath(r) + os.sep for r in roots}, key=len, reverse=True))
+
+
+_LIBRARY_ROOTS = _library_roots()
+
+
+@functools.lru_cache(maxsize=4096)
+def is_user_path(path: str) -> bool:
+    """Project code: not the standard library, not an installed package, not this plugin."""
+    if path.startswith("<"):
+        return False
+    real = os.path.realpath(path)
+    if "site-packages" in real or "dist-packages" in real:
+        return False
+    return not real.startswith(_LIBRARY_ROOTS)
+
+
+def user_frame(stack: Stack) -> Frame | None:
+    """The innermost frame of the project's own code, else the innermost frame at all."""
+    for frame in reversed(stack):
+        if is_user_path(frame.path):
+            return frame
+    return stack[-1] if stack else None
+
+
+def user_frames(stack: Iterable[Frame]) -> Iterator[Frame]:
+    return (frame for frame in stack if is_user_path(frame.path))

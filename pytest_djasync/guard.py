@@ -1,0 +1,208 @@
+"""The blocking-call detector: known-blocking functions, wrapped so a call made inside a loop step
+becomes a finding however short it was. The call itself always goes through unchanged.
+
+Each patch remembers exactly what it replaced (including "this attribute was inherited, not
+set") and is undone only if it is still the one installed, so tools that patch the same
+functions (APM agents, other detectors) keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pytest_djasync import findings, watchdog
+from pytest_djasync.findings import Finding
+
+_perf = watchdog._perf
+
+_OFFLOAD = "asyncio.to_thread(...) or sync_to_async(..., thread_sensitive=False)"
+FIX = {
+    "sleep": "await asyncio.sleep(...) instead of time.sleep(...)",
+    "socket": f"use an async client (httpx.AsyncClient, asyncio streams) or {_OFFLOAD}",
+    "dns": f"let the loop resolve names (await loop.getaddrinfo(...)) or {_OFFLOAD}",
+    "select": "wait with the loop (asyncio streams, loop.add_reader) instead of select/poll",
+    "subprocess": f"use asyncio.create_subprocess_exec(...) or {_OFFLOAD}",
+    "http": f"await an async HTTP client (httpx.AsyncClient) or {_OFFLOAD}",
+    "file": f"read and write files off the loop: {_OFFLOAD}",
+}
+
+
+def _blocking_socket(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # asyncio drives non-blocking sockets from inside loop steps; only blocking ones block.
+    return bool(args) and args[0].gettimeout() != 0.0
+
+
+def _positive_delay(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return not args or args[0] != 0  # time.sleep(0) merely yields the GIL
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    group: str
+    module: str  # the module that must be imported for the target to exist
+    owner: str  # dotted path from the module to the object holding the attribute
+    attr: str
+    label: str
+    applies: Callable[[tuple[Any, ...], dict[str, Any]], bool] | None = None
+
+
+def _socket_methods() -> list[Target]:
+    names: tuple[str, ...] = (
+        "connect",
+        "connect_ex",
+        "accept",
+        "recv",
+        "recv_into",
+        "recvfrom",
+        "recvfrom_into",
+    )
+    names += ("send", "sendall", "sendto", "sendfile")
+    return [
+        Target("socket", "socket", "socket", name, f"socket.{name}", _blocking_socket)
+        for name in names
+    ]
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("sleep", "time", "", "sleep", "time.sleep", _positive_delay),
+    *_socket_methods(),
+    *(
+        Target("dns", "socket", "", name, f"socket.{name}")
+        for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr")
+    ),
+    Target("dns", "socket", "", "getnameinfo", "socket.getnameinfo"),
+    Target("select", "select", "", "select", "select.select"),
+    Target("select", "selectors", "SelectSelector", "select", "selectors.SelectSelector.select"),
+    Target("select", "selectors", "_PollLikeSelector", "select", "selectors.Selector.select"),
+    Target("subprocess", "subprocess", "Popen", "wait", "subprocess.Popen.wait"),
+    Target("subprocess", "subprocess", "Popen", "communicate", "subprocess.Popen.communicate"),
+    Target("http", "requests", "Session", "send", "requests.Session.send"),
+    Target(
+        "http",
+        "urllib3.connectionpool",
+        "HTTPConnectionPool",
+        "urlopen",
+        "urllib3.HTTPConnectionPool.urlopen",
+    ),
+    Target("http", "urllib.request", "OpenerDirector", "open", "urllib.request.urlopen"),
+    Target("http", "http.client", "HTTPConnection", "getresponse", "http.client.getresponse"),
+    Target("http", "httpx", "Client", "send", "httpx.Client.send"),
+    Target("file", "builtins", "", "open", "open"),
+    Target("file", "io", "", "open", "io.open"),
+)
+
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class _Patch:
+    owner: Any
+    attr: str
+    original: Any  # _MISSING when the attribute was inherited rather than set on ``owner``
+    wrapper: Any
+
+    def undo(self) -> bool:
+        if self.owner.__dict__.get(self.attr) is not self.wrapper:
+            return False  # someone patched over us; their patch stays, ours stays inert
+        if self.original is _MISSING:
+            delattr(self.owner, self.attr)
+        else:
+            setattr(self.owner, self.attr, self.original)
+        return True
+
+
+class Guard:
+    """Arms the wrappers for the chosen groups, late-imported modules included; disarms exactly."""
+
+    def __init__(self, groups: Iterable[str]) -> None:
+        self._groups = frozenset(groups)
+        self._pending = [t for t in TARGETS if t.group in self._groups]
+        self._patches: list[_Patch] = []
+        self.active = False
+
+    def arm(self) -> None:
+        """Patch every chosen target whose module is imported by now (cheap to call often)."""
+        self.active = True
+        still_pending = []
+        for target in self._pending:
+            if target.module not in sys.modules:
+                still_pending.append(target)
+                continue
+            patch = _install(target)
+            if patch is not None:
+                self._patches.append(patch)
+        self._pending = still_pending
+
+    def disarm(self) -> None:
+        self.active = False
+        for patch in reversed(self._patches):
+            patch.undo()
+        self._patches.clear()
+        self._pending = [t for t in TARGETS if t.group in self._groups]
+
+
+def _install(target: Target) -> _Patch | None:
+    owner: Any = importlib.import_module(target.module)
+    for part in filter(None, target.owner.split(".")):
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return None  # this version of the library has no such class
+    current = getattr(owner, target.attr, None)
+    if current is None:
+        return None
+    original = vars(owner).get(target.attr, _MISSING)
+    wrapper = _wrap(current, target)
+    setattr(owner, target.attr, wrapper)
+    return _Patch(owner, target.attr, original, wrapper)
+
+
+def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    applies = target.applies
+
+    @functools.wraps(original)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        step = watchdog.current_step()
+        if step is None or step.in_guard or (applies is not None and not applies(args, kwargs)):
+            return original(*args, **kwargs)
+        caller = sys._getframe(1)
+        step.in_guard = True  # report the outermost blocking call, not the socket under it
+        start = _perf()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            took = _perf() - start
+            step.in_guard = False
+            _report(step, target, caller, took)
+            del caller
+
+    return guarded
+
+
+def _report(step: Any, target: Target, caller: Any, took: float) -> None:
+    try:
+        if step.guard_for != step.start:
+            step.guard_for = step.start
+            step.guarded_s = 0.0
+        step.guarded_s += took
+        if not findings.recording() or watchdog.debugger_attached():
+            return
+        stack = findings.capture(caller)
+        findings.record(
+            Finding(
+                kind=findings.BLOCKING_CALL,
+                what=target.label,
+                duration_ms=took * 1000,
+                stack=stack,
+                location=findings.user_frame(stack),
+                request=findings.current_request.get(),
+                fix=FIX[target.group],
+                thread=step.name,
+            )
+        )
+    except Exception as exc:  # never let the detector break the application
+        findings.internal_error(f"recording a call of {target.label}", exc)

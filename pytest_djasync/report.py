@@ -1,0 +1,130 @@
+"""Everything the plugin says: a test's failure text, the terminal summary and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import linecache
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_djasync.findings import Finding, Frame
+from pytest_djasync.session import TestRecord
+
+REPORT_VERSION = 1
+
+
+def _source(frame: Frame | None) -> str:
+    if frame is None:
+        return ""
+    return linecache.getline(frame.path, frame.line).strip()
+
+
+def failure_text(found: Sequence[Finding], block_ms: float, root: Path, verbose: bool) -> str:
+    """Why a test failed: every finding with its line, request and fix; stacks with ``-v``."""
+    noun = "problem" if len(found) == 1 else "problems"
+    lines = [f"pytest-djasync: {len(found)} async-safety {noun} (stall threshold {block_ms:g} ms)"]
+    for number, finding in enumerate(found, 1):
+        lines.append("")
+        lines.append(f"{number}. {finding.message(root)}")
+        source = _source(finding.location)
+        if source:
+            lines.append(f"       {source}")
+        if finding.request:
+            lines.append(f"   while serving: {finding.request}")
+        if finding.thread != "MainThread":
+            lines.append(f"   thread: {finding.thread}")
+        lines.append(f"   fix: {finding.fix}")
+        if finding.note:
+            lines.append(f"   note: {finding.note}")
+        lines.extend(_stack_lines(finding, root, verbose))
+    if not verbose:
+        lines += ["", "(run with -v for full stacks)"]
+    return "\n".join(lines)
+
+
+def _stack_lines(finding: Finding, root: Path, verbose: bool) -> list[str]:
+    if not verbose or not finding.stack:
+        return []
+    lines = ["   stack (most recent call last):"]
+    for frame in finding.stack:
+        lines.append(f"     {frame.relative_path(root)}:{frame.line} in {frame.function}")
+        source = _source(frame)
+        if source:
+            lines.append(f"         {source}")
+    return lines
+
+
+def summary_lines(records: Iterable[TestRecord], root: Path) -> list[str]:
+    """Findings grouped by the user's code location, with the tests that hit them."""
+    groups: dict[tuple[str, str], list[tuple[TestRecord, Finding]]] = defaultdict(list)
+    for record in records:
+        for finding in record.findings:
+            groups[(_place(finding, root), finding.kind)].append((record, finding))
+    lines = []
+    for (place, kind), hits in sorted(groups.items()):
+        first = hits[0][1]
+        allowed = " [allowed]" if all(f.allowed_by or r.allowed_reason for r, f in hits) else ""
+        lines.append(f"{place}: {kind} {first.what}{allowed}")
+        tests = sorted({record.nodeid for record, _ in hits})
+        shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
+        lines.append(f"    in {len(tests)} test(s): {shown}")
+        lines.append(f"    fix: {first.fix}")
+    return lines
+
+
+def _place(finding: Finding, root: Path) -> str:
+    frame = finding.location
+    if frame is None:
+        return "<unknown location>"
+    return f"{frame.relative_path(root)}:{frame.line} in {frame.function}"
+
+
+def _frame_json(frame: Frame, root: Path) -> dict[str, Any]:
+    return {"path": frame.relative_path(root), "line": frame.line, "function": frame.function}
+
+
+def violation_json(finding: Finding, root: Path) -> dict[str, Any]:
+    return {
+        "kind": finding.kind,
+        "message": finding.message(root),
+        "duration_ms": finding.duration_ms,
+        "location": _frame_json(finding.location, root) if finding.location else None,
+        "stack": [_frame_json(frame, root) for frame in finding.stack],
+        "request": finding.request,
+        "count": finding.count,
+        "fix": finding.fix,
+        "allowed": finding.allowed_by is not None,
+    }
+
+
+def report_json(records: Iterable[TestRecord], block_ms: float, root: Path) -> dict[str, Any]:
+    return {
+        "version": REPORT_VERSION,
+        "block_ms": block_ms,
+        "tests": [
+            {
+                "nodeid": record.nodeid,
+                "outcome": record.outcome,
+                "violations": [violation_json(f, root) for f in record.findings],
+            }
+            for record in records
+        ],
+    }
+
+
+def write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` in one step: a crash mid-write leaves the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,92 @@
+"""One watched run: starts and stops the detectors and gives each test its own collector.
+
+No pytest here: the plugin tells this object when a test starts and ends, and decides from the
+returned findings whether the test fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from pytest_djasync import findings
+from pytest_djasync.findings import Collector, Finding
+from pytest_djasync.guard import Guard
+from pytest_djasync.watchdog import Watchdog
+
+
+@dataclasses.dataclass
+class TestRecord:
+    """What one test left behind, for the report."""
+
+    nodeid: str
+    outcome: str = "passed"
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    allowed_reason: str | None = None
+
+
+class Watch:
+    def __init__(self, block_ms: float, guards: Iterable[str], allow: Sequence[str]) -> None:
+        self.block_ms = block_ms
+        self.allow = tuple(allow)
+        self._watchdog = Watchdog()
+        self._guard = Guard(guards)
+        self._collector: Collector | None = None
+        self.records: dict[str, TestRecord] = {}
+        self.matched_patterns: set[str] = set()
+        self._block_ms_now = block_ms
+        self.running = False
+
+    def start(self) -> None:
+        self._watchdog.start(self.block_ms)
+        self._guard.arm()
+        self.running = True
+
+    def stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        findings.activate(None)
+        self._guard.disarm()
+        self._watchdog.stop()
+
+    def begin_test(self, nodeid: str, block_ms: float) -> None:
+        self._guard.arm()  # modules the project imported since the last test
+        self._watchdog.set_threshold(block_ms)
+        self._block_ms_now = block_ms
+        self._collector = Collector(nodeid, self.allow)
+        self.records[nodeid] = TestRecord(nodeid)
+        findings.activate(self._collector)
+
+    def take(self) -> list[Finding]:
+        """Findings made since the last call, for the test phase that just ended."""
+        collector = self._collector
+        if collector is None:
+            return []
+        record = self.records[collector.nodeid]
+        known = {id(f) for f in record.findings}
+        fresh = [f for f in collector.findings() if id(f) not in known]
+        record.findings.extend(fresh)
+        record.notes[:] = collector.notes
+        return fresh
+
+    @property
+    def current_block_ms(self) -> float:
+        return self._block_ms_now
+
+    def end_test(self, allowed_reason: str | None) -> TestRecord | None:
+        collector = self._collector
+        findings.activate(None)
+        self._watchdog.set_threshold(self.block_ms)
+        if collector is None:
+            return None
+        self.take()
+        self.matched_patterns |= collector.matched_patterns
+        self._collector = None
+        record = self.records[collector.nodeid]
+        record.allowed_reason = allowed_reason
+        return record
+
+    def unmatched_patterns(self) -> list[str]:
+        return [p for p in self.allow if p not in self.matched_patterns]

@@ -1,0 +1,393 @@
+"""Loop-stall detection: every asyncio loop step is timed, and a watchdog thread samples long ones.
+
+``asyncio.Handle._run`` runs every callback of every asyncio loop in every thread (task steps
+included), so wrapping it at class level times each step with one clock read at each end. A
+watchdog thread polls slowly (half the threshold) and, once a step has run for a quarter of
+the threshold, samples that thread's stack quickly until the step ends, so a finding shows the
+code that was running *during* the stall, not the next ``await``.
+
+A long step is only a finding when the loop itself was to blame. Subtracted or excused:
+garbage-collection pauses (``gc.callbacks``), time the OS kept the runnable thread off the CPU
+(run-queue wait from ``/proc/self/task/<tid>/schedstat`` on Linux), time covered by blocking
+calls the guard already reported, and time the loop thread spent waiting for a GIL that
+another thread of the process held (a note naming that thread, not a finding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import gc
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from pytest_djasync import findings
+from pytest_djasync.findings import Finding, Stack
+
+_perf = time.perf_counter
+_MAX_SAMPLES = 200
+_DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    """Clocks of one loop thread and its neighbours, taken while the loop thread was idle."""
+
+    t: float
+    loop_cpu: float | None
+    wait: float | None  # seconds runnable but not running (Linux only)
+    cpus: dict[int, float]  # CPU seconds of every Python thread, by ident
+
+
+class _Step:
+    """What one thread's loop is doing now; written by that thread, sampled by the watchdog."""
+
+    __slots__ = (
+        "guard_for",
+        "guarded_s",
+        "ident",
+        "in_guard",
+        "name",
+        "native_id",
+        "sampled_for",
+        "samples",
+        "snap",
+        "start",
+    )
+
+    def __init__(self) -> None:
+        thread = threading.current_thread()
+        self.ident = threading.get_ident()
+        self.native_id = threading.get_native_id()
+        self.name = thread.name
+        self.start = 0.0  # perf_counter() at the start of the running step, 0.0 between steps
+        self.samples: list[Stack] = []
+        self.sampled_for = 0.0
+        self.guard_for = 0.0  # the step that ``guarded_s`` belongs to
+        self.guarded_s = 0.0  # time spent in reported blocking calls during that step
+        self.in_guard = False
+        self.snap: _Snapshot | None = None
+
+
+# -- the hot path ------------------------------------------------------------------------------
+
+_enabled = False
+_threshold_s = 0.1
+_local = threading.local()
+_steps: dict[int, _Step] = {}
+_original_run: Callable[[asyncio.Handle], None] = asyncio.Handle._run
+
+
+def _timed_run(self: asyncio.Handle) -> None:
+    if not _enabled:
+        return _original_run(self)
+    try:
+        step: _Step = _local.step
+    except AttributeError:
+        step = _register_thread()
+    if step.start:  # re-entered (nest_asyncio): the outer step is being timed already
+        return _original_run(self)
+    start = step.start = _perf()
+    try:
+        return _original_run(self)
+    finally:
+        end = _perf()
+        step.start = 0.0
+        if end - start >= _threshold_s:
+            _finish_safely(step, self, start, end)
+
+
+findings.mark_step_boundary(_timed_run.__code__)
+
+
+def current_step() -> _Step | None:
+    """The calling thread's running loop step, or ``None`` when it is not inside one."""
+    step: _Step | None = getattr(_local, "step", None)
+    if step is None or not step.start:
+        return None
+    return step
+
+
+def _register_thread() -> _Step:
+    step = _Step()
+    step.snap = _snapshot(step)
+    _local.step = step
+    _steps[step.ident] = step
+    return step
+
+
+# -- clocks -----------------------------------------------------------------------------------
+
+
+def _thread_cpu(ident: int) -> float | None:
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError, ProcessLookupError):  # not Linux, or the thread is gone
+        return None
+
+
+def _run_queue_wait(native_id: int) -> float | None:
+    try:
+        fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 128).split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _snapshot(step: _Step) -> _Snapshot:
+    cpus = {}
+    for ident in sys._current_frames():
+        cpu = _thread_cpu(ident)
+        if cpu is not None:
+            cpus[ident] = cpu
+    return _Snapshot(_perf(), cpus.get(step.ident), _run_queue_wait(step.native_id), cpus)
+
+
+class _GCLog:
+    """Recent garbage-collection pauses, so a step that a collection interrupted is not blamed."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = _perf()
+        elif self._started:
+            self.pauses.append((self._started, _perf()))
+
+    def overlap(self, start: float, end: float) -> float:
+        return sum(max(0.0, min(end, e) - max(start, s)) for s, e in list(self.pauses))
+
+
+_gc_log = _GCLog()
+
+
+# -- judging a long step ------------------------------------------------------------------------
+
+
+def _finish_safely(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
+    try:
+        _finish(step, handle, start, end)
+    except Exception as exc:  # never let the detector break the application
+        findings.internal_error("judging a long loop step", exc)
+
+
+def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
+    if not findings.recording() or debugger_attached():
+        return
+    blocked, note = _loop_own_time(step, start, end)
+    if note:
+        findings.note(note)
+        return
+    if step.guard_for == start:
+        blocked -= step.guarded_s  # those calls were reported as blocking calls already
+    if blocked < _threshold_s:
+        return
+    samples = step.samples if step.sampled_for == start else []
+    stack, note = _stall_stack(samples, handle)
+    findings.record(
+        Finding(
+            kind=findings.STALL,
+            what="event loop step",
+            duration_ms=blocked * 1000,
+            stack=stack,
+            location=findings.user_frame(stack),
+            request=_request_of(handle),
+            fix=_stall_fix(stack),
+            thread=step.name,
+            note=note,
+        )
+    )
+
+
+def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, str | None]:
+    """Seconds of the step that the loop thread itself is to blame for, and any excuse note."""
+    blocked = end - start - _gc_log.overlap(start, end)
+    base = step.snap
+    if blocked < _threshold_s or base is None:
+        return blocked, None
+    now = _snapshot(step)
+    if now.wait is not None and base.wait is not None:
+        blocked -= now.wait - base.wait
+    if blocked < _threshold_s or now.loop_cpu is None or base.loop_cpu is None:
+        return blocked, None
+    loop_cpu = now.loop_cpu - base.loop_cpu
+    others = {
+        ident: cpu - base.cpus.get(ident, cpu)
+        for ident, cpu in now.cpus.items()
+        if ident not in (step.ident, _watchdog_ident)
+    }
+    other_cpu = sum(others.values())
+    if loop_cpu < 0.5 * blocked and other_cpu >= 0.5 * blocked:
+        busiest = max(others, key=lambda ident: others[ident])
+        return blocked, (
+            f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms while thread"
+            f" {_thread_name(busiest)!r} held the GIL ({others[busiest] * 1000:.0f} ms of CPU);"
+            " not counted as a stall of the loop"
+        )
+    return blocked, None
+
+
+def _thread_name(ident: int) -> str:
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread {ident}"
+
+
+def _stall_stack(samples: list[Stack], handle: asyncio.Handle) -> tuple[Stack, str]:
+    """The stack sampled most often at one user location during the stall."""
+    if samples:
+        places = Counter(findings.user_frame(s) for s in samples)
+        place, _ = places.most_common(1)[0]
+        return next(s for s in reversed(samples) if findings.user_frame(s) == place), ""
+    return _suspended_stack(handle), (
+        "no sample could be taken during the stall (the loop thread held the GIL throughout);"
+        " the stack shows where the task suspended next"
+    )
+
+
+def _suspended_stack(handle: asyncio.Handle) -> Stack:
+    """Where the callback's task is suspended now: its chain of awaiting coroutines."""
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if not isinstance(task, asyncio.Task):
+        code = getattr(callback, "__code__", None)
+        if code is None:
+            return ()
+        return (findings.Frame(code.co_filename, code.co_firstlineno, code.co_name, "?"),)
+    stack: list[findings.Frame] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None and len(stack) < 80:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:
+            break
+        stack.extend(findings.capture_one(frame))
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(
+            awaitable, "gi_yieldfrom", None
+        )
+    return tuple(stack)
+
+
+def _request_of(handle: asyncio.Handle) -> str | None:
+    context = getattr(handle, "_context", None)
+    if context is None:
+        return findings.current_request.get()
+    request: str | None = context.get(findings.current_request)
+    return request
+
+
+def _stall_fix(stack: Stack) -> str:
+    paths = [frame.path.replace(os.sep, "/") for frame in stack]
+    if any("/django/db/" in p or "/sqlite3/" in p for p in paths):
+        return (
+            "use the async ORM (aget, acount, async for) or run the query block in"
+            " sync_to_async(...)"
+        )
+    return (
+        "move the blocking or CPU-heavy work off the loop: await asyncio.to_thread(func, ...)"
+        " or sync_to_async(func, thread_sensitive=False)(...); heavy CPU work belongs in a"
+        " process pool"
+    )
+
+
+def debugger_attached() -> bool:
+    """True while a debugger steps through code, when every step looks like a stall."""
+    trace = sys.gettrace()
+    module = getattr(trace, "__module__", "") or ""
+    return any(module.startswith(name) for name in _DEBUGGERS) or "pydevd" in sys.modules
+
+
+# -- the watchdog thread ------------------------------------------------------------------------
+
+_watchdog_ident = 0
+
+
+class Watchdog:
+    """Owns the patch of ``Handle._run``, the GC callback and the sampling thread."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._installed: Callable[[asyncio.Handle], None] | None = None
+
+    @staticmethod
+    def set_threshold(ms: float) -> None:
+        global _threshold_s
+        _threshold_s = ms / 1000
+
+    def start(self, threshold_ms: float) -> None:
+        global _enabled, _original_run, _local, _watchdog_ident
+        self.set_threshold(threshold_ms)
+        _original_run = asyncio.Handle.__dict__["_run"]
+        _local = threading.local()
+        _steps.clear()
+        asyncio.Handle._run = _timed_run  # type: ignore[method-assign]
+        self._installed = _timed_run
+        gc.callbacks.append(_gc_log)
+        _enabled = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="djasync-watchdog", daemon=True)
+        self._thread.start()
+        _watchdog_ident = self._thread.ident or 0
+
+    def stop(self) -> None:
+        global _enabled
+        _enabled = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if asyncio.Handle.__dict__.get("_run") is self._installed:
+            asyncio.Handle._run = _original_run  # type: ignore[method-assign,assignment]
+        # else someone wrapped us: leave their wrapper; ours is inert while disabled
+        if _gc_log in gc.callbacks:
+            gc.callbacks.remove(_gc_log)
+        _steps.clear()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll()):
+            pass
+
+    def _poll(self) -> float:
+        """Check every loop thread once; return how long to sleep before the next check."""
+        threshold = _threshold_s
+        frames = sys._current_frames()
+        suspect = False
+        now = _perf()
+        for ident, step in list(_steps.items()):
+            frame = frames.get(ident)
+            if frame is None:  # the thread has ended
+                _steps.pop(ident, None)
+                continue
+            start = step.start
+            if not start:
+                step.snap = _snapshot(step)  # a baseline taken while the loop is idle
+            elif now - start >= threshold / 4:
+                suspect = True
+                self._sample(step, start, frame)
+        del frames
+        return max(0.001, threshold / 20) if suspect else threshold / 2
+
+    @staticmethod
+    def _sample(step: _Step, start: float, frame: Any) -> None:
+        if step.sampled_for != start:
+            step.samples = []
+            step.sampled_for = start
+        stack = findings.capture(frame)
+        if len(step.samples) < _MAX_SAMPLES:
+            step.samples.append(stack)
+        else:
+            step.samples[-1] = stack
