@@ -233,7 +233,7 @@ def classic(request):
     """GOOD: a plain sync view with the sync ORM, left as it is.
 
     Under ASGI Django runs it in a worker thread: one adapter hop per request, the price of
-    mixing. Under WSGI it costs nothing extra.
+    mixing. Under WSGI the view itself needs no adapter.
     """
     titles = Post.objects.filter(published=True).order_by("pk").values_list("title", flat=True)
     return JsonResponse({"titles": list(titles)})
