@@ -1,6 +1,7 @@
 """pytest-djasync: make the async-safety of Django code testable and CI-gateable."""
 
 from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
+from pytest_djasync.errors import AsyncSafetyFailure
 
-__all__ = ["ASGIStreamingTransport", "django_asgi_app"]
+__all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app"]
 __version__ = "0.1.0.dev0"

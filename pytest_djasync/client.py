@@ -26,13 +26,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 _BODY_QUEUE_SIZE = 8  # enough to keep the app busy, small enough to apply back-pressure
+_CLOSE_GRACE_S = 5.0  # how long aclose() lets disconnected apps finish before cancelling them
 
 
 def django_asgi_app() -> ASGIApp:
     """Return the project's ASGI application, built now from the current settings.
 
     ``settings.ASGI_APPLICATION`` (a dotted path, as Channels and Daphne use) wins when set;
-    otherwise a fresh ``ASGIHandler``, so middleware and URLconf settings in force now apply.
+    otherwise, or when it names a plain ``ASGIHandler`` instance, a fresh ``ASGIHandler``, so
+    middleware and URLconf settings in force now apply.
     """
     from django.conf import settings
     from django.core.handlers.asgi import ASGIHandler
@@ -41,7 +43,10 @@ def django_asgi_app() -> ASGIApp:
     dotted = getattr(settings, "ASGI_APPLICATION", None)
     if dotted:
         app: ASGIApp = import_string(dotted)
-        return app
+        if type(app) is not ASGIHandler:
+            return app
+        # The usual ``asgi.py`` (``application = get_asgi_application()``, which Daphne wants
+        # in ASGI_APPLICATION) loaded its middleware when first imported; build a fresh one.
     handler: ASGIApp = ASGIHandler()  # type: ignore[assignment]
     return handler
 
@@ -78,6 +83,8 @@ class _Exchange:
         self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_BODY_QUEUE_SIZE)
 
     async def receive(self) -> Message:
+        if self.disconnected.is_set():
+            return {"type": "http.disconnect"}
         if self._body_done:
             # Like a server: block until the client goes away, not a moment sooner.
             await self.disconnected.wait()
@@ -108,9 +115,11 @@ class _Exchange:
         # A client that stopped reading must not leave the app blocked on a full queue.
         put = asyncio.ensure_future(self.chunks.put(item))
         gone = asyncio.ensure_future(self.disconnected.wait())
-        await asyncio.wait({put, gone}, return_when=asyncio.FIRST_COMPLETED)
-        put.cancel()
-        gone.cancel()
+        try:
+            await asyncio.wait({put, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            put.cancel()
+            gone.cancel()
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -143,7 +152,11 @@ class _ResponseStream(httpx.AsyncByteStream):
 async def _first_of(get: Awaitable[bytes | None], task: asyncio.Task[None]) -> bytes | None:
     """The next chunk, or ``None`` once the app finished without sending more."""
     getter = asyncio.ensure_future(get)
-    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        getter.cancel()
+        raise
     if getter.done():
         return getter.result()
     getter.cancel()
@@ -175,7 +188,7 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         self._raise_errors = raise_app_exceptions
         self._root_path = root_path
         self._client = client
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], _Exchange] = {}
 
     @property
     def app(self) -> ASGIApp:
@@ -194,11 +207,18 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         task: asyncio.Task[None] = context.run(
             asyncio.ensure_future, app(scope, exchange.receive, exchange.send)
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._pending[task] = exchange
+        task.add_done_callback(self._forget)
         started = asyncio.ensure_future(exchange.started.wait())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
+        try:
+            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # The caller gave up (cancelled, timed out) before the response started: for the
+            # app that is a client that went away.
+            exchange.disconnected.set()
+            raise
+        finally:
+            started.cancel()
         if not exchange.started.is_set():
             return await self._no_response(task, exchange)
         return httpx.Response(
@@ -207,6 +227,9 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(exchange, task, self._raise_errors),
             request=request,
         )
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
 
     async def _no_response(self, task: asyncio.Task[None], exchange: _Exchange) -> httpx.Response:
         exchange.disconnected.set()
@@ -218,12 +241,27 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         return httpx.Response(500)
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        """Tell apps still serving unclosed responses that their client left; cancel the ones
+        that have not finished after a grace period, as a server does when it shuts down."""
+        pending = dict(self._pending)
+        if not pending:
+            return
+        for exchange in pending.values():
+            exchange.disconnected.set()
+        _, stuck = await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+        for task in stuck:
             task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
 
     def cancel_pending(self) -> None:
-        """Cancel app tasks left running by responses that were never closed (sync teardown)."""
-        for task in list(self._tasks):
+        """Disconnect the apps serving responses that were never closed (sync teardown).
+
+        Only the disconnect, no ``Task.cancel()``: Django's handler turns a disconnect into the
+        cancellation of the view, whereas cancelling the handler's own task would leave the view
+        running. A loop that is not running now delivers it when it next runs, or cancels
+        whatever is left when it closes.
+        """
+        for task, exchange in list(self._pending.items()):
             loop = task.get_loop()
             if not loop.is_closed():
-                loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(exchange.disconnected.set)

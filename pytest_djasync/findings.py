@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 STALL = "stall"
 BLOCKING_CALL = "blocking-call"
@@ -88,7 +89,7 @@ class Collector:
         self.matched_patterns: set[str] = set()
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, str, Frame | None], Finding] = {}
-        self.notes: list[str] = []  # warnings that are not findings (a GIL-hogging thread)
+        self._notes: dict[str, list[Any]] = {}  # key -> [first text, times seen]
 
     def add(self, finding: Finding) -> None:
         pattern = _allowing_pattern(finding.stack, self._allow)
@@ -104,10 +105,16 @@ class Collector:
             if finding.duration_ms is not None:
                 known.duration_ms = (known.duration_ms or 0.0) + finding.duration_ms
 
-    def note(self, text: str) -> None:
+    def note(self, key: str, text: str) -> None:
+        """Something worth a warning that is not a finding; repeats are counted, not repeated."""
         with self._lock:
-            if text not in self.notes:
-                self.notes.append(text)
+            self._notes.setdefault(key, [text, 0])[1] += 1
+
+    @property
+    def notes(self) -> list[str]:
+        with self._lock:
+            entries = list(self._notes.values())
+        return [text if times == 1 else f"{text} (seen {times} times)" for text, times in entries]
 
     def findings(self) -> list[Finding]:
         with self._lock:
@@ -151,10 +158,10 @@ def record(finding: Finding) -> None:
         collector.add(finding)
 
 
-def note(text: str) -> None:
+def note(key: str, text: str) -> None:
     collector = _active
     if collector is not None:
-        collector.note(text)
+        collector.note(key, text)
 
 
 def internal_error(doing: str, exc: BaseException) -> None:

@@ -90,7 +90,16 @@ TARGETS: tuple[Target, ...] = (
         "urllib3.HTTPConnectionPool.urlopen",
     ),
     Target("http", "urllib.request", "OpenerDirector", "open", "urllib.request.urlopen"),
-    Target("http", "http.client", "HTTPConnection", "getresponse", "http.client.getresponse"),
+    Target(
+        "http", "http.client", "HTTPConnection", "request", "http.client.HTTPConnection.request"
+    ),
+    Target(
+        "http",
+        "http.client",
+        "HTTPConnection",
+        "getresponse",
+        "http.client.HTTPConnection.getresponse",
+    ),
     Target("http", "httpx", "Client", "send", "httpx.Client.send"),
     Target("file", "builtins", "", "open", "open"),
     Target("file", "io", "", "open", "io.open"),

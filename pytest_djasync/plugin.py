@@ -10,6 +10,7 @@ import pytest
 from pytest_djasync import config as _config
 from pytest_djasync import djangohooks, findings, markers, report
 from pytest_djasync import fixtures as _fixtures
+from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
 from pytest_djasync.session import Watch
 
 SETTINGS_KEY = pytest.StashKey[_config.Settings]()
@@ -89,6 +90,8 @@ class WatchHooks:
     def _fail_if_found(self, item: pytest.Item, when: str, raise_: bool) -> None:
         if not self.watch.running:
             return
+        for note in self.watch.take_notes():
+            item.warn(DjasyncWarning(note))
         failing = [f for f in self.watch.take() if f.allowed_by is None]
         if not failing or markers.allow_blocking_reason(item) is not None:
             return
@@ -97,7 +100,7 @@ class WatchHooks:
         if not raise_:
             item.add_report_section(when, "djasync", text)
             return
-        pytest.fail(text, pytrace=False)
+        raise AsyncSafetyFailure(text, pytrace=False)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.watch.records.get(report.nodeid)

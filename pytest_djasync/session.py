@@ -68,7 +68,16 @@ class Watch:
         known = {id(f) for f in record.findings}
         fresh = [f for f in collector.findings() if id(f) not in known]
         record.findings.extend(fresh)
-        record.notes[:] = collector.notes
+        return fresh
+
+    def take_notes(self) -> list[str]:
+        """Notes made since the last call."""
+        collector = self._collector
+        if collector is None:
+            return []
+        record = self.records[collector.nodeid]
+        fresh = [note for note in collector.notes if note not in record.notes]
+        record.notes.extend(fresh)
         return fresh
 
     @property
@@ -82,6 +91,7 @@ class Watch:
         if collector is None:
             return None
         self.take()
+        self.take_notes()
         self.matched_patterns |= collector.matched_patterns
         self._collector = None
         record = self.records[collector.nodeid]

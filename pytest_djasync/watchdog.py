@@ -187,9 +187,9 @@ def _finish_safely(step: _Step, handle: asyncio.Handle, start: float, end: float
 def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
     if not findings.recording() or debugger_attached():
         return
-    blocked, note = _loop_own_time(step, start, end)
-    if note:
-        findings.note(note)
+    blocked, excuse = _loop_own_time(step, start, end)
+    if excuse:
+        findings.note(*excuse)
         return
     if step.guard_for == start:
         blocked -= step.guarded_s  # those calls were reported as blocking calls already
@@ -212,7 +212,7 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     )
 
 
-def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, str | None]:
+def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[str, str] | None]:
     """Seconds of the step that the loop thread itself is to blame for, and any excuse note."""
     blocked = end - start - _gc_log.overlap(start, end)
     base = step.snap
@@ -225,17 +225,17 @@ def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, str | 
         return blocked, None
     loop_cpu = now.loop_cpu - base.loop_cpu
     others = {
-        ident: cpu - base.cpus.get(ident, cpu)
+        ident: cpu - base.cpus.get(ident, 0.0)  # a thread new since the baseline: all of it
         for ident, cpu in now.cpus.items()
         if ident not in (step.ident, _watchdog_ident)
     }
     other_cpu = sum(others.values())
     if loop_cpu < 0.5 * blocked and other_cpu >= 0.5 * blocked:
-        busiest = max(others, key=lambda ident: others[ident])
+        hog = _thread_name(max(others, key=lambda ident: others[ident]))
         return blocked, (
-            f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms while thread"
-            f" {_thread_name(busiest)!r} held the GIL ({others[busiest] * 1000:.0f} ms of CPU);"
-            " not counted as a stall of the loop"
+            f"gil:{step.name}:{hog}",
+            f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms for the GIL"
+            f" while thread {hog!r} held it; not counted as a stall of the loop",
         )
     return blocked, None
 
@@ -264,15 +264,13 @@ def _suspended_stack(handle: asyncio.Handle) -> Stack:
     callback = getattr(handle, "_callback", None)
     task = getattr(callback, "__self__", None)
     if not isinstance(task, asyncio.Task):
-        code = getattr(callback, "__code__", None)
-        if code is None:
-            return ()
-        return (findings.Frame(code.co_filename, code.co_firstlineno, code.co_name, "?"),)
+        return _code_frame(getattr(callback, "__code__", None))
     stack: list[findings.Frame] = []
     awaitable: Any = task.get_coro()
     while awaitable is not None and len(stack) < 80:
         frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
-        if frame is None:
+        if frame is None:  # it returned during the stall: name the coroutine at least
+            stack.extend(_code_frame(getattr(awaitable, "cr_code", None)))
             break
         stack.extend(findings.capture_one(frame))
         awaitable = getattr(awaitable, "cr_await", None) or getattr(
@@ -287,6 +285,13 @@ def _request_of(handle: asyncio.Handle) -> str | None:
         return findings.current_request.get()
     request: str | None = context.get(findings.current_request)
     return request
+
+
+def _code_frame(code: Any) -> Stack:
+    if code is None:
+        return ()
+    name = getattr(code, "co_qualname", code.co_name)
+    return (findings.Frame(code.co_filename, code.co_firstlineno, name, "?"),)
 
 
 def _stall_fix(stack: Stack) -> str:

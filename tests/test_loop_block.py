@@ -1,0 +1,863 @@
+"""Loop-block detection: every blocking kind is caught and named; every false-positive trap passes.
+
+Each test builds a real Django project and runs its suite in a subprocess under ``--djasync``,
+then reads the JSON report. Blocking calls are found deterministically (however short they
+are); stalls are made several times longer than the threshold so a busy machine cannot hide them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+
+import django
+import pytest
+
+from tests.conftest import DjangoProject, violations
+
+UPSTREAM = """
+import http.server
+import threading
+
+import pytest
+
+
+class _Quick(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quick)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    thread.join()
+    server.server_close()
+"""
+
+BLOCKING_VIEWS = """
+import http.client
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import httpx
+import requests
+import urllib3
+from django.http import HttpResponse
+
+
+def _ok():
+    return HttpResponse("ok")
+
+
+async def sleeps(request):
+    time.sleep(0.001)
+    return _ok()
+
+
+async def socket_pair(request):
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(b"x")
+        right.recv(1)
+    return _ok()
+
+
+async def dns(request):
+    socket.getaddrinfo("localhost", 80)
+    return _ok()
+
+
+async def selects(request):
+    read, write = os.pipe()
+    try:
+        select.select([read], [], [], 0.001)
+    finally:
+        os.close(read)
+        os.close(write)
+    return _ok()
+
+
+async def subprocess_run(request):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return _ok()
+
+
+async def with_requests(request):
+    requests.get(request.GET["url"], timeout=5)
+    return _ok()
+
+
+async def with_urllib3(request):
+    urllib3.PoolManager().request("GET", request.GET["url"])
+    return _ok()
+
+
+async def with_urllib(request):
+    urllib.request.urlopen(request.GET["url"], timeout=5).read()
+    return _ok()
+
+
+async def with_httpx_client(request):
+    with httpx.Client() as client:
+        client.get(request.GET["url"])
+    return _ok()
+
+
+async def with_http_client(request):
+    url = urllib.parse.urlsplit(request.GET["url"])
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+    connection.request("GET", "/")
+    connection.getresponse().read()
+    connection.close()
+    return _ok()
+"""
+
+BLOCKING_TESTS = """
+import pytest
+
+CASES = [
+    "sleeps", "socket_pair", "dns", "selects", "subprocess_run", "with_requests",
+    "with_urllib3", "with_urllib", "with_httpx_client", "with_http_client",
+]
+
+
+@pytest.mark.parametrize("view", CASES)
+@pytest.mark.asyncio
+async def test_view(asgi_client, upstream, view):
+    response = await asgi_client.get(f"/{view}/", params={"url": upstream})
+    assert response.status_code == 200
+"""
+
+# view name -> (the blocking call named first, the source line of the view that made it)
+EXPECTED_CALLS = {
+    "sleeps": ("time.sleep", "time.sleep(0.001)"),
+    "socket_pair": ("socket.sendall", 'left.sendall(b"x")'),
+    "dns": ("socket.getaddrinfo", 'socket.getaddrinfo("localhost", 80)'),
+    "selects": ("select.select", "select.select([read], [], [], 0.001)"),
+    "subprocess_run": ("subprocess.Popen.communicate", "subprocess.run("),
+    "with_requests": ("requests.Session.send", "requests.get("),
+    "with_urllib3": ("urllib3.HTTPConnectionPool.urlopen", "urllib3.PoolManager()"),
+    "with_urllib": ("urllib.request.urlopen", "urllib.request.urlopen("),
+    "with_httpx_client": ("httpx.Client.send", "client.get("),
+    "with_http_client": ("http.client.HTTPConnection.request", 'connection.request("GET", "/")'),
+}
+
+
+def line_of(source: str, text: str) -> int:
+    """The 1-based line of ``text`` in ``source`` as the project writes it (dedented, stripped)."""
+    lines = textwrap.dedent(source).lstrip().splitlines()
+    [number] = [n for n, line in enumerate(lines, 1) if text in line]
+    return number
+
+
+def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -> None:
+    django_project.views(BLOCKING_VIEWS)
+    django_project.module("conftest.py", UPSTREAM)
+    django_project.tests(BLOCKING_TESTS)
+    result, report = django_project.report()
+    result.assert_outcomes(failed=len(EXPECTED_CALLS))
+    for view, (call, text) in EXPECTED_CALLS.items():
+        line = line_of(BLOCKING_VIEWS, text)
+        found = violations(report, f"test_view[{view}]")
+        first = found[0]
+        assert first["kind"] == "blocking-call", (view, found)
+        assert first["message"].startswith(f"blocking call {call}()"), (view, first["message"])
+        assert first["location"] == {"path": "tproj/views.py", "line": line, "function": view}
+        assert first["request"] == f"GET /{view}/"
+        assert first["location"] in first["stack"]
+
+
+def test_nested_blocking_calls_are_reported_once(django_project: DjangoProject) -> None:
+    """requests -> urllib3 -> http.client -> socket: one finding, for the outermost call."""
+    django_project.views(BLOCKING_VIEWS)
+    django_project.module("conftest.py", UPSTREAM)
+    django_project.tests(BLOCKING_TESTS)
+    _, report = django_project.report("-k", "with_requests")
+    [only] = violations(report, "test_view[with_requests]")
+    assert only["message"].startswith("blocking call requests.Session.send()")
+
+
+STALL_VIEWS = """
+import hashlib
+import sqlite3
+import threading
+import time
+
+from django.http import HttpResponse
+
+
+def _spin(seconds):
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+async def python_cpu(request):
+    _spin(0.5)
+    return HttpResponse("ok")
+
+
+async def c_hash(request):
+    hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 2_000_000)
+    return HttpResponse("ok")
+
+
+async def sqlite_query(request):
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+        " SELECT count(*) FROM c"
+    ).fetchone()
+    db.close()
+    return HttpResponse("ok")
+
+
+async def lock_wait(request):
+    lock = threading.Lock()
+    lock.acquire()
+    threading.Timer(0.5, lock.release).start()
+    with lock:
+        pass
+    return HttpResponse("ok")
+"""
+
+STALL_TESTS = """
+import pytest
+
+
+@pytest.mark.parametrize("view", ["python_cpu", "c_hash", "sqlite_query", "lock_wait"])
+@pytest.mark.asyncio
+async def test_view(asgi_client, view):
+    assert (await asgi_client.get(f"/{view}/")).status_code == 200
+"""
+
+
+def test_stalls_are_caught_with_the_line_that_ran_during_the_stall(
+    django_project: DjangoProject,
+) -> None:
+    django_project.views(STALL_VIEWS)
+    django_project.tests(STALL_TESTS)
+    result, report = django_project.report()
+    result.assert_outcomes(failed=4)
+    expected = {
+        "python_cpu": ("while time.perf_counter() < deadline", "_spin"),
+        "c_hash": ("hashlib.pbkdf2_hmac(", "c_hash"),
+        "sqlite_query": ("db.execute(", "sqlite_query"),
+        "lock_wait": ("with lock:", "lock_wait"),
+    }
+    for view, (text, function) in expected.items():
+        line = line_of(STALL_VIEWS, text)
+        [stall] = violations(report, f"test_view[{view}]")
+        assert stall["kind"] == "stall", view
+        assert stall["duration_ms"] >= 100, view
+        assert stall["location"] == {"path": "tproj/views.py", "line": line, "function": function}
+    out = result.stdout.str()
+    assert "event loop blocked for" in out
+    assert "use the async ORM" not in out  # a raw sqlite3 call is not the ORM's fault
+
+
+def test_failure_lists_every_finding_with_source_request_and_fix(
+    django_project: DjangoProject,
+) -> None:
+    django_project.views(
+        """
+        import socket
+        import time
+
+        from django.http import HttpResponse
+
+        async def two_problems(request):
+            time.sleep(0.001)
+            socket.getaddrinfo("localhost", 80)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(asgi_client):
+            assert (await asgi_client.get("/two_problems/")).status_code == 200
+        """
+    )
+    result = django_project.run("--djasync")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-djasync: 2 async-safety problems (stall threshold 100 ms)*",
+            "1. blocking call time.sleep() for * ms on the event loop at"
+            " tproj/views.py:7 in two_problems",
+            "*time.sleep(0.001)",
+            "*while serving: GET /two_problems/",
+            "*fix: await asyncio.sleep(...) instead of time.sleep(...)",
+            "2. blocking call socket.getaddrinfo()*tproj/views.py:8 in two_problems",
+            "*(run with -v for full stacks)",
+        ]
+    )
+    verbose = django_project.run("--djasync", "-v")
+    verbose.stdout.fnmatch_lines(["*stack (most recent call last):", "*tproj/views.py:7 in *"])
+
+
+WHERE_VIEWS = """
+import asyncio
+import time
+
+from django.http import HttpResponse, StreamingHttpResponse
+
+
+async def plain(request):
+    return HttpResponse("ok")
+
+
+async def streaming(request):
+    async def chunks():
+        yield b"a"
+        time.sleep(0.001)
+        yield b"b"
+
+    return StreamingHttpResponse(chunks())
+
+
+DONE = asyncio.Event()
+
+
+async def _later():
+    await asyncio.sleep(0)
+    time.sleep(0.001)
+    DONE.set()
+
+
+_TASKS = set()
+
+
+async def spawns(request):
+    task = asyncio.ensure_future(_later())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+    return HttpResponse("ok")
+"""
+
+WHERE_MIDDLEWARE = """
+import time
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+
+class BlockingMiddleware:
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        if request.path == "/plain/":
+            time.sleep(0.001)
+        return await self.get_response(request)
+"""
+
+
+def test_blocks_are_found_wherever_they_happen(django_project: DjangoProject) -> None:
+    django_project.views(WHERE_VIEWS)
+    django_project.module("tproj/middleware.py", WHERE_MIDDLEWARE)
+    django_project.settings('MIDDLEWARE = ["tproj.middleware.BlockingMiddleware"]\n')
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+        import pytest_asyncio
+
+        from tproj import views
+
+
+        @pytest.mark.asyncio
+        async def test_middleware(asgi_client):
+            await asgi_client.get("/plain/")
+
+
+        @pytest.mark.asyncio
+        async def test_streaming_generator(asgi_client):
+            async with asgi_client.stream("GET", "/streaming/") as response:
+                assert [c async for c in response.aiter_raw()] == [b"a", b"b"]
+
+
+        @pytest.mark.asyncio
+        async def test_spawned_task(asgi_client):
+            await asgi_client.get("/spawns/")
+            await views.DONE.wait()
+
+
+        @pytest_asyncio.fixture
+        async def blocking_fixture():
+            time.sleep(0.001)
+            yield
+
+
+        @pytest.mark.asyncio
+        async def test_async_fixture(blocking_fixture):
+            pass
+
+
+        @pytest.mark.asyncio
+        async def test_test_body():
+            time.sleep(0.001)
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(failed=5)
+    expected = {
+        "test_middleware": ("tproj/middleware.py", "BlockingMiddleware.__call__", "GET /plain/"),
+        "test_streaming_generator": ("tproj/views.py", "streaming.<locals>.chunks", None),
+        "test_spawned_task": ("tproj/views.py", "_later", "GET /spawns/"),
+        "test_async_fixture": ("test_scenario.py", "blocking_fixture", None),
+        "test_test_body": ("test_scenario.py", "test_test_body", None),
+    }
+    for test, (path, function, request) in expected.items():
+        [found] = violations(report, test)
+        assert found["location"]["path"] == path, test
+        assert found["location"]["function"].endswith(function.rpartition(".")[2]), test
+        if request:
+            assert found["request"] == request, test
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="async signal receivers need Django 5.0")
+def test_async_signal_receiver(django_project: DjangoProject) -> None:
+    django_project.views(
+        """
+        import time
+
+        from django.core.signals import request_started
+        from django.dispatch import receiver
+        from django.http import HttpResponse
+
+
+        @receiver(request_started)
+        async def _slow_receiver(sender, **kwargs):
+            time.sleep(0.001)
+
+
+        async def plain(request):
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(asgi_client):
+            await asgi_client.get("/plain/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_it")
+    assert found["location"]["function"] == "_slow_receiver"
+
+
+LOOPS_TESTS = """
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, SimpleTestCase
+
+
+async def _blocks():
+    time.sleep(0.001)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_module_loop():
+    await _blocks()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_session_loop():
+    await _blocks()
+
+
+def test_asyncio_run():
+    asyncio.run(_blocks())
+
+
+def test_async_to_sync():
+    async_to_sync(_blocks)()
+
+
+@pytest.mark.asyncio
+async def test_django_async_client():
+    assert (await AsyncClient().get("/view/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_pytest_django_async_client(async_client):
+    assert (await async_client.get("/view/")).status_code == 200
+
+
+class DjangoTests(SimpleTestCase):
+    async def test_async_method(self):
+        await _blocks()
+"""
+
+
+def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+        async def view(request):
+            time.sleep(0.001)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(LOOPS_TESTS)
+    result, report = django_project.report()
+    result.assert_outcomes(failed=7)
+    for test in (
+        "test_module_loop",
+        "test_session_loop",
+        "test_asyncio_run",
+        "test_async_to_sync",
+    ):
+        [found] = violations(report, test)
+        assert found["location"]["function"] == "_blocks", test
+    for test in ("test_django_async_client", "test_pytest_django_async_client"):
+        [found] = violations(report, test)
+        assert found["location"] == {"path": "tproj/views.py", "line": 6, "function": "view"}
+    [found] = violations(report, "DjangoTests::test_async_method")
+    assert found["location"]["function"] == "_blocks"
+
+
+CLEAN_VIEWS = """
+import asyncio
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse
+
+log = logging.getLogger(__name__)
+
+
+def sync_view(request):
+    time.sleep(0.2)  # runs in a worker thread under ASGI: the loop is free
+    return HttpResponse("ok")
+
+
+async def offloaded(request):
+    await sync_to_async(time.sleep)(0.2)
+    await sync_to_async(time.sleep, thread_sensitive=False)(0.2)
+    await asyncio.to_thread(time.sleep, 0.2)
+    return HttpResponse("ok")
+
+
+async def chatty(request):
+    for number in range(200):
+        log.warning("line %s", number)
+        print("line", number)
+    return HttpResponse("ok")
+
+
+async def waits(request):
+    await asyncio.sleep(0.3)
+    return HttpResponse("ok")
+"""
+
+SYNC_MIDDLEWARE = """
+import time
+
+
+class SlowSyncMiddleware:
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        time.sleep(0.2)  # Django runs sync-only middleware in a thread under ASGI
+        return self.get_response(request)
+"""
+
+
+def test_no_false_positives_for_work_off_the_loop(django_project: DjangoProject) -> None:
+    django_project.views(CLEAN_VIEWS)
+    django_project.module("tproj/middleware.py", SYNC_MIDDLEWARE)
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("view", ["sync_view", "offloaded", "chatty", "waits"])
+        @pytest.mark.asyncio
+        async def test_view(asgi_client, view):
+            assert (await asgi_client.get(f"/{view}/")).status_code == 200
+
+        @pytest.mark.asyncio
+        async def test_sync_only_middleware(asgi_client, settings):
+            settings.MIDDLEWARE = ["tproj.middleware.SlowSyncMiddleware"]
+            assert (await asgi_client.get("/waits/")).status_code == 200
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=5)
+    assert all(not entry["violations"] for entry in report["tests"]), report
+
+
+def test_first_request_importing_the_urlconf_is_not_blamed(django_project: DjangoProject) -> None:
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+        time.sleep(0.3)  # a slow import: paid once, before the first test, by the warm-up
+
+        async def view(request):
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_first(asgi_client):
+            assert (await asgi_client.get("/view/")).status_code == 200
+        """
+    )
+    result, _ = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+
+
+def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import gc
+
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def big_heap():
+            heap = []
+            for _ in range(1_000_000):
+                node = []
+                node.append(node)  # a cycle: every collection has to walk it
+                heap.append(node)
+            yield heap
+
+        @pytest.mark.asyncio
+        async def test_collect(big_heap):
+            gc.collect()  # a full collection over millions of objects, inside a loop step
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=20")
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_collect")
+
+
+def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import asyncio
+        import threading
+        import time
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_loop_waits_for_the_gil():
+            stop = threading.Event()
+
+            def hog():
+                while not stop.is_set():
+                    sum(range(10_000_000))  # one C call that keeps the GIL for a long time
+
+            thread = threading.Thread(target=hog, name="gil-hog")
+            thread.start()
+            try:
+                for _ in range(10):
+                    time.sleep(0)  # lets the hog take the GIL in the middle of a loop step
+                    await asyncio.sleep(0.001)
+            finally:
+                stop.set()
+                thread.join()
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_loop_waits_for_the_gil")
+    result.stdout.fnmatch_lines(["*waited * ms for the GIL while thread 'gil-hog' held it*"])
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and shutil.which("taskset")), reason="needs Linux and taskset"
+)
+def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProject) -> None:
+    """Three CPU hogs share the test's only core: its steps take 4x their CPU time in wall time."""
+    django_project.tests(
+        """
+        import asyncio
+        import subprocess
+        import sys
+        import time
+
+        import pytest
+
+        HOG = "import time\\nend = time.time() + 8\\nwhile time.time() < end: pass"
+
+        @pytest.fixture
+        def hogs():
+            procs = [
+                subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", HOG])
+                for _ in range(3)
+            ]
+            yield
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+
+        def _cpu(seconds):
+            start = time.thread_time()
+            while time.thread_time() - start < seconds:
+                pass
+
+        @pytest.mark.asyncio
+        async def test_short_steps_on_a_crowded_core(hogs):
+            for _ in range(5):
+                _cpu(0.04)  # 40 ms of CPU: takes well over 100 ms of wall time here
+                await asyncio.sleep(0)
+        """
+    )
+    result = django_project.pytester.run(
+        "taskset",
+        "-c",
+        "0",
+        sys.executable,
+        "-m",
+        "pytest",
+        "--djasync",
+        "--djasync-block-ms=100",
+        "--djasync-report=report.json",
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_allow_blocking_marker_and_allow_patterns(django_project: DjangoProject) -> None:
+    django_project.module(
+        "tproj/legacy.py",
+        """
+        import time
+
+        def fetch():
+            time.sleep(0.001)
+        """,
+    )
+    django_project.ini("djasync_allow =\n    tproj.legacy:fetch\n    nothing.here:*")
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        from tproj import legacy
+
+        @pytest.mark.djasync_allow_blocking(reason="known, ticket 12")
+        @pytest.mark.asyncio
+        async def test_marked():
+            time.sleep(0.001)
+
+        @pytest.mark.asyncio
+        async def test_allowed_by_pattern():
+            legacy.fetch()
+
+        @pytest.mark.asyncio
+        async def test_not_allowed():
+            time.sleep(0.001)
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=2, failed=1)
+    [allowed] = violations(report, "test_allowed_by_pattern")
+    assert allowed["allowed"] is True
+    result.stdout.fnmatch_lines(["*djasync_allow pattern 'nothing.here:*' matched no finding*"])
+
+
+def test_threshold_marker_and_opt_in_without_the_flag(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        def _spin(seconds):
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+
+        @pytest.mark.djasync_block_ms(2000)
+        @pytest.mark.asyncio
+        async def test_generous_threshold():
+            _spin(0.3)
+
+        @pytest.mark.djasync_block_ms(50)
+        @pytest.mark.asyncio
+        async def test_strict_threshold():
+            _spin(0.3)
+
+        @pytest.mark.asyncio
+        async def test_unmarked():
+            _spin(0.3)
+        """
+    )
+    result = django_project.run()  # no --djasync: only the marked tests are watched
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_strict_threshold*", "*stall threshold 50 ms*"])
+
+
+def test_own_failure_is_kept_and_xfail_on_the_plugin_works(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        from pytest_djasync import AsyncSafetyFailure
+
+        @pytest.mark.asyncio
+        async def test_fails_on_its_own():
+            time.sleep(0.001)
+            assert 1 == 2
+
+        @pytest.mark.xfail(raises=AsyncSafetyFailure, strict=True, reason="blocks the loop")
+        @pytest.mark.asyncio
+        async def test_expected_to_be_caught():
+            time.sleep(0.001)
+        """
+    )
+    result = django_project.run("--djasync")
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*assert 1 == 2*", "*djasync*", "*blocking call time.sleep()*"])
