@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from pytest_djasync import patching
+from pytest_djasync.findings import current_request
 
 
 @contextlib.contextmanager
@@ -47,3 +52,29 @@ def warm_up() -> None:
         django_asgi_app()  # loading the middleware chain imports every middleware class
     except Exception:
         pass
+
+
+def _naming_requests(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Mapping[str, Any], *args: Any) -> Any:
+        token = current_request.set(f"{scope.get('method', '?')} {scope.get('path', '?')}")
+        try:
+            return await original(self, scope, *args)
+        finally:
+            current_request.reset(token)
+
+    return __call__
+
+
+def track_requests() -> list[patching.Patch]:
+    """Make findings say which request was being served, whichever Django entry point serves it:
+    ``ASGIHandler`` (``asgi_client``, uvicorn) or the test ``AsyncClient``'s handler."""
+    try:
+        from django.core.handlers.asgi import ASGIHandler
+        from django.test.client import AsyncClientHandler
+    except ImportError:  # Django is optional until a test uses it
+        return []
+    return [
+        patching.install(owner, "__call__", _naming_requests(owner.__call__))
+        for owner in (ASGIHandler, AsyncClientHandler)
+    ]

@@ -1,9 +1,6 @@
 """The blocking-call detector: known-blocking functions, wrapped so a call made inside a loop step
-becomes a finding however short it was. The call itself always goes through unchanged.
-
-Each patch remembers exactly what it replaced (including "this attribute was inherited, not
-set") and is undone only if it is still the one installed, so tools that patch the same
-functions (APM agents, other detectors) keep working.
+becomes a finding however short it was. The call itself always goes through unchanged, and
+every patch is undone exactly (see ``patching``).
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pytest_djasync import findings, watchdog
+from pytest_djasync import findings, patching, watchdog
 from pytest_djasync.findings import Finding
 
 _perf = watchdog._perf
@@ -105,25 +102,6 @@ TARGETS: tuple[Target, ...] = (
     Target("file", "io", "", "open", "io.open"),
 )
 
-_MISSING = object()
-
-
-@dataclasses.dataclass
-class _Patch:
-    owner: Any
-    attr: str
-    original: Any  # _MISSING when the attribute was inherited rather than set on ``owner``
-    wrapper: Any
-
-    def undo(self) -> bool:
-        if self.owner.__dict__.get(self.attr) is not self.wrapper:
-            return False  # someone patched over us; their patch stays, ours stays inert
-        if self.original is _MISSING:
-            delattr(self.owner, self.attr)
-        else:
-            setattr(self.owner, self.attr, self.original)
-        return True
-
 
 class Guard:
     """Arms the wrappers for the chosen groups, late-imported modules included; disarms exactly."""
@@ -131,7 +109,7 @@ class Guard:
     def __init__(self, groups: Iterable[str]) -> None:
         self._groups = frozenset(groups)
         self._pending = [t for t in TARGETS if t.group in self._groups]
-        self._patches: list[_Patch] = []
+        self._patches: list[patching.Patch] = []
         self.active = False
 
     def arm(self) -> None:
@@ -155,7 +133,7 @@ class Guard:
         self._pending = [t for t in TARGETS if t.group in self._groups]
 
 
-def _install(target: Target) -> _Patch | None:
+def _install(target: Target) -> patching.Patch | None:
     owner: Any = importlib.import_module(target.module)
     for part in filter(None, target.owner.split(".")):
         owner = getattr(owner, part, None)
@@ -164,10 +142,7 @@ def _install(target: Target) -> _Patch | None:
     current = getattr(owner, target.attr, None)
     if current is None:
         return None
-    original = vars(owner).get(target.attr, _MISSING)
-    wrapper = _wrap(current, target)
-    setattr(owner, target.attr, wrapper)
-    return _Patch(owner, target.attr, original, wrapper)
+    return patching.install(owner, target.attr, _wrap(current, target))
 
 
 def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from pytest_djasync import findings
+from pytest_djasync import djangohooks, findings, patching
 from pytest_djasync.findings import Collector, Finding
 from pytest_djasync.guard import Guard
 from pytest_djasync.watchdog import Watchdog
@@ -36,11 +36,13 @@ class Watch:
         self.records: dict[str, TestRecord] = {}
         self.matched_patterns: set[str] = set()
         self._block_ms_now = block_ms
+        self._patches: list[patching.Patch] = []
         self.running = False
 
     def start(self) -> None:
         self._watchdog.start(self.block_ms)
         self._guard.arm()
+        self._patches = djangohooks.track_requests()
         self.running = True
 
     def stop(self) -> None:
@@ -48,6 +50,8 @@ class Watch:
             return
         self.running = False
         findings.activate(None)
+        for patch in reversed(self._patches):
+            patch.undo()
         self._guard.disarm()
         self._watchdog.stop()
 

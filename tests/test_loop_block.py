@@ -481,7 +481,7 @@ import time
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, SimpleTestCase
+from django.test import AsyncClient, SimpleTestCase, TestCase
 
 
 async def _blocks():
@@ -519,6 +519,11 @@ async def test_pytest_django_async_client(async_client):
 class DjangoTests(SimpleTestCase):
     async def test_async_method(self):
         await _blocks()
+
+
+class DjangoDatabaseTests(TestCase):
+    async def test_async_method(self):
+        await _blocks()
 """
 
 
@@ -536,7 +541,7 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
     )
     django_project.tests(LOOPS_TESTS)
     result, report = django_project.report()
-    result.assert_outcomes(failed=7)
+    result.assert_outcomes(failed=8)
     for test in (
         "test_module_loop",
         "test_session_loop",
@@ -548,8 +553,10 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
     for test in ("test_django_async_client", "test_pytest_django_async_client"):
         [found] = violations(report, test)
         assert found["location"] == {"path": "tproj/views.py", "line": 6, "function": "view"}
-    [found] = violations(report, "DjangoTests::test_async_method")
-    assert found["location"]["function"] == "_blocks"
+        assert found["request"] == "GET /view/"
+    for test in ("DjangoTests::test_async_method", "DjangoDatabaseTests::test_async_method"):
+        [found] = violations(report, test)
+        assert found["location"]["function"] == "_blocks"
 
 
 CLEAN_VIEWS = """
@@ -861,3 +868,31 @@ def test_own_failure_is_kept_and_xfail_on_the_plugin_works(django_project: Djang
     result = django_project.run("--djasync")
     result.assert_outcomes(failed=1, xfailed=1)
     result.stdout.fnmatch_lines(["*assert 1 == 2*", "*djasync*", "*blocking call time.sleep()*"])
+
+
+def test_file_guard_is_opt_in(django_project: DjangoProject) -> None:
+    django_project.views(
+        """
+        from pathlib import Path
+
+        from django.http import HttpResponse
+
+        async def reads(request):
+            return HttpResponse(Path(__file__).read_text()[:10])
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_reads(asgi_client):
+            assert (await asgi_client.get("/reads/")).status_code == 200
+        """
+    )
+    django_project.report()[0].assert_outcomes(passed=1)
+    result, report = django_project.report("--djasync-guard=default file")
+    result.assert_outcomes(failed=1)
+    [found] = violations(report, "test_reads")
+    assert found["message"].startswith("blocking call io.open()")
+    assert found["location"]["function"] == "reads"
