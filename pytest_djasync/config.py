@@ -74,23 +74,41 @@ ALLOW = _Option(
 )
 
 
+# pytest 9.2+ takes union ini types: a native ``[tool.pytest]`` TOML table may then say
+# ``djasync = true`` and ``djasync_block_ms = 75`` unquoted. INI files and ``-o`` always give
+# the first member, a string, which the parsers below check themselves.
+_UNION_INI_TYPES = pytest.version_tuple >= (9, 2)
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("djasync", "async-safety checks for Django (pytest-djasync)")
     group.addoption(ENABLE.flag, action="store_true", default=None, help=ENABLE.help)
     for option in (BLOCK_MS, REPORT, GUARD):
         group.addoption(option.flag, default=None, metavar="VALUE", help=option.help)
     group.addoption(ALLOW.flag, action="append", default=None, metavar="PATTERN", help=ALLOW.help)
-    for option in (ENABLE, BLOCK_MS, REPORT, GUARD):
+    if _UNION_INI_TYPES:
+        parser.addini(ENABLE.ini, ENABLE.help, type=str | bool, default="")
+        parser.addini(BLOCK_MS.ini, BLOCK_MS.help, type=str | float, default="")
+    else:  # pragma: no cover - pytest < 9.2
+        for option in (ENABLE, BLOCK_MS):
+            parser.addini(option.ini, option.help, type="string", default="")
+    for option in (REPORT, GUARD):
         parser.addini(option.ini, option.help, type="string", default="")
     parser.addini(ALLOW.ini, ALLOW.help, type="linelist", default=[])
 
 
 def resolve(config: pytest.Config) -> Settings:
     """Read every setting once; raise ``pytest.UsageError`` naming any bad value."""
+    report = _pick(config, REPORT, _parse_path, None)
+    if report.value is not None and (config.rootpath / report.value).is_dir():
+        raise pytest.UsageError(
+            f"pytest-djasync: {report.source}: {str(report.value)!r} is a directory;"
+            " give a file path such as djasync.json"
+        )
     return Settings(
         enabled=_pick(config, ENABLE, parse_bool, False),
         block_ms=_pick(config, BLOCK_MS, parse_block_ms, 100.0),
-        report=_pick(config, REPORT, _parse_path, None),
+        report=report,
         guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),
         allow=_pick(config, ALLOW, _parse_patterns, ()),
     )
@@ -101,20 +119,31 @@ def _pick(
 ) -> Setting[T]:
     cli = config.getoption(option.flag.lstrip("-").replace("-", "_"))
     if cli is not None:
-        raw = cli if isinstance(cli, str) else _join(cli)
-        return _parsed(parse, raw, option.flag)
+        return _parsed(parse, _text(cli), option.flag)
     ini = config.getini(option.ini)
-    if ini:
-        where = f"{option.ini} in {config.inipath.name if config.inipath else 'ini'}"
-        return _parsed(parse, ini if isinstance(ini, str) else _join(ini), where)
+    if ini is not None and ini != "" and ini != []:  # a TOML ``false`` or ``0`` is a value
+        return _parsed(parse, _text(ini), _ini_source(config, option.ini))
     return Setting(default, "default")
 
 
-def _join(values: object) -> str:
-    if isinstance(values, bool):
-        return "true" if values else "false"
-    assert isinstance(values, Sequence)
-    return "\n".join(str(v) for v in values)
+def _ini_source(config: pytest.Config, name: str) -> str:
+    """Where an ini value came from: ``-o name=...`` or the configuration file."""
+    overrides = config.getoption("override_ini", None) or []
+    if any(entry.split("=", 1)[0].strip() == name for entry in overrides):
+        return f"-o {name}"
+    return f"{name} in {config.inipath.name if config.inipath else 'ini'}"
+
+
+def _text(value: object) -> str:
+    """The command-line or ini value as the text the parsers read."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    assert isinstance(value, Sequence)
+    return "\n".join(str(v) for v in value)
 
 
 def _parsed(parse: Callable[[str], T], raw: str, where: str) -> Setting[T]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
 import pytest
 
-from pytest_djasync import client, djangohooks
+from pytest_djasync import client, crossings, djangohooks, report
+from pytest_djasync.session import Watch
+
+WATCH_KEY = pytest.StashKey[Watch]()
 
 
 @pytest.fixture
@@ -22,3 +27,36 @@ def asgi_client() -> Iterator[httpx.AsyncClient]:
     with djangohooks.test_client_signals():
         yield httpx.AsyncClient(transport=transport, base_url="http://testserver")
         transport.cancel_pending()
+
+
+@pytest.fixture
+def djasync_crossings() -> Iterator[crossings.Recorder]:
+    """Every sync/async crossing from now to the end of the test: ``.crossings``, ``.total``,
+    ``.by_origin()``, ``.by_request()``."""
+    recorder = crossings.start(crossings.Recorder())
+    try:
+        yield recorder
+    finally:
+        crossings.stop(recorder)
+
+
+@pytest.fixture
+def djasync_assert_max_crossings() -> Callable[[int], AbstractContextManager[crossings.Recorder]]:
+    """``with djasync_assert_max_crossings(n):`` fails if the block makes more than n crossings.
+
+    Modelled on pytest-django's ``django_assert_max_num_queries``.
+    """
+
+    @contextlib.contextmanager
+    def assert_max_crossings(limit: int) -> Iterator[crossings.Recorder]:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"djasync_assert_max_crossings: {limit!r} is not a whole number >= 0")
+        recorder = crossings.start(crossings.Recorder())
+        try:
+            yield recorder
+        finally:
+            crossings.stop(recorder)
+        if recorder.total > limit:
+            pytest.fail(report.crossings_text(recorder, limit, "in the block"), pytrace=False)
+
+    return assert_max_crossings

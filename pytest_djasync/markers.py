@@ -8,10 +8,12 @@ from pytest_djasync.config import parse_block_ms
 
 BLOCK_MS = "djasync_block_ms"
 ALLOW_BLOCKING = "djasync_allow_blocking"
+MAX_CROSSINGS = "djasync_max_crossings"
 
 _HELP = {
     BLOCK_MS: "djasync_block_ms(ms): loop-stall threshold for this test, in milliseconds",
     ALLOW_BLOCKING: "djasync_allow_blocking(reason=...): accept loop blocking in this test",
+    MAX_CROSSINGS: "djasync_max_crossings(n): fail if the test makes more than n sync/async hops",
 }
 
 
@@ -24,7 +26,7 @@ def block_ms(item: pytest.Item, default: float) -> float:
     marker = item.get_closest_marker(BLOCK_MS)
     if marker is None:
         return default
-    if len(marker.args) != 1 or marker.kwargs:
+    if len(marker.args) != 1 or marker.kwargs or isinstance(marker.args[0], bool):
         raise pytest.UsageError(
             f"{item.nodeid}: @pytest.mark.{BLOCK_MS} takes one number of milliseconds,"
             f" e.g. @pytest.mark.{BLOCK_MS}(250); got args={marker.args} kwargs={marker.kwargs}"
@@ -41,9 +43,25 @@ def allow_blocking_reason(item: pytest.Item) -> str | None:
     if marker is None:
         return None
     reason = marker.kwargs.get("reason", marker.args[0] if marker.args else "")
-    if not isinstance(reason, str) or set(marker.kwargs) - {"reason"} or len(marker.args) > 1:
+    given = len(marker.args) + len(marker.kwargs)
+    if not isinstance(reason, str) or set(marker.kwargs) - {"reason"} or given > 1:
         raise pytest.UsageError(
             f"{item.nodeid}: @pytest.mark.{ALLOW_BLOCKING} takes one reason string,"
-            f" e.g. @pytest.mark.{ALLOW_BLOCKING}(reason='legacy client, tracked in #12')"
+            f" e.g. @pytest.mark.{ALLOW_BLOCKING}(reason='legacy client, tracked in #12');"
+            f" got args={marker.args} kwargs={marker.kwargs}"
         )
     return reason or "no reason given"
+
+
+def max_crossings(item: pytest.Item) -> int | None:
+    """The crossing budget of a test, or ``None`` when it has none."""
+    marker = item.get_closest_marker(MAX_CROSSINGS)
+    if marker is None:
+        return None
+    limit = marker.args[0] if len(marker.args) == 1 and not marker.kwargs else None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.{MAX_CROSSINGS} takes one whole number >= 0,"
+            f" e.g. @pytest.mark.{MAX_CROSSINGS}(4); got args={marker.args} kwargs={marker.kwargs}"
+        )
+    return limit

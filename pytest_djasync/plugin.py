@@ -44,63 +44,93 @@ class WatchHooks:
         self.settings = settings
         self.root = Path(config.rootpath)
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
+        config.stash[_fixtures.WATCH_KEY] = self.watch
         self._warmed = False
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:  # bad marker arguments are usage errors, found before anything runs
             markers.block_ms(item, self.settings.block_ms.value)
             markers.allow_blocking_reason(item)
+            markers.max_crossings(item)
 
-    def _watched(self, item: pytest.Item) -> bool:
+    def _watches_loop(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or item.get_closest_marker(markers.BLOCK_MS) is not None
+
+    def _counts(self, item: pytest.Item) -> bool:
+        return self.settings.enabled.value or markers.max_crossings(item) is not None
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        if not self._watched(item):
+        watch_loop = self._watches_loop(item)
+        if not (watch_loop or self._counts(item)):
             return (yield)
-        if not self._warmed:
+        if watch_loop and not self._warmed:
             self._warmed = True
             djangohooks.warm_up()
-        if not self.watch.running:
-            self.watch.start()
-        self.watch.begin_test(item.nodeid, markers.block_ms(item, self.settings.block_ms.value))
+        block_ms = markers.block_ms(item, self.settings.block_ms.value)
+        self.watch.begin_test(item.nodeid, block_ms, watch_loop)
         try:
             return (yield)
         finally:
-            self.watch.end_test(markers.allow_blocking_reason(item))
+            self.watch.end_test(item.nodeid, markers.allow_blocking_reason(item))
             if not self.settings.enabled.value:
                 self.watch.stop()  # a marked test in an unwatched run: leave no trace after it
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        counting = item.nodeid in self.watch.records and self._counts(item)
+        if counting:
+            self.watch.count_crossings(item.nodeid)
         try:
             result = yield
         except BaseException:
-            self._fail_if_found(item, "call", raise_=False)
+            self._stop_counting(item, counting)
+            self._check(item, "call", raise_=False)
             raise
-        self._fail_if_found(item, "call", raise_=True)
+        self._stop_counting(item, counting)
+        self._check(item, "call", raise_=True)
         return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
         result = yield
-        self._fail_if_found(item, "teardown", raise_=True)
+        self._check(item, "teardown", raise_=True)
         return result
 
-    def _fail_if_found(self, item: pytest.Item, when: str, raise_: bool) -> None:
-        if not self.watch.running:
+    def _stop_counting(self, item: pytest.Item, counting: bool) -> None:
+        if counting:
+            self.watch.stop_counting(item.nodeid)
+
+    def _check(self, item: pytest.Item, when: str, raise_: bool) -> None:
+        """Fail the phase that just ended with every problem found in it (or, when the test
+        failed on its own, attach them to its report instead)."""
+        texts = [self._loop_text(item), self._crossings_text(item) if when == "call" else ""]
+        text = "\n\n".join(t for t in texts if t)
+        if not text:
             return
-        for note in self.watch.take_notes():
-            item.warn(DjasyncWarning(note))
-        failing = [f for f in self.watch.take() if f.allowed_by is None]
-        if not failing or markers.allow_blocking_reason(item) is not None:
-            return
-        verbose = self.config.get_verbosity() > 0
-        text = report.failure_text(failing, self.watch.current_block_ms, self.root, verbose)
         if not raise_:
             item.add_report_section(when, "djasync", text)
             return
         raise AsyncSafetyFailure(text, pytrace=False)
+
+    def _loop_text(self, item: pytest.Item) -> str:
+        if not self.watch.running:
+            return ""
+        for note in self.watch.take_notes():
+            item.warn(DjasyncWarning(note))
+        failing = [f for f in self.watch.take() if f.allowed_by is None]
+        if not failing or markers.allow_blocking_reason(item) is not None:
+            return ""
+        verbose = self.config.get_verbosity() > 0
+        return report.failure_text(failing, self.watch.current_block_ms, self.root, verbose)
+
+    def _crossings_text(self, item: pytest.Item) -> str:
+        limit = markers.max_crossings(item)
+        record = self.watch.records.get(item.nodeid)
+        recorder = record.crossings if record else None
+        if limit is None or recorder is None or recorder.total <= limit:
+            return ""
+        return report.crossings_text(recorder, limit, "in this test's call phase")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.watch.records.get(report.nodeid)
@@ -120,6 +150,9 @@ class WatchHooks:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         lines = report.summary_lines(self.watch.records.values(), self.root)
+        costly = report.costliest_requests(self.watch.records.values())
+        if costly:
+            lines += ["costliest requests by sync/async crossings:", *costly]
         errors = findings.take_internal_errors()
         unmatched = self.watch.unmatched_patterns() if self.settings.enabled.value else []
         if not (lines or errors or unmatched):

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_djasync.crossings import Recorder
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
 
@@ -105,15 +106,22 @@ def report_json(records: Iterable[TestRecord], block_ms: float, root: Path) -> d
     return {
         "version": REPORT_VERSION,
         "block_ms": block_ms,
-        "tests": [
-            {
-                "nodeid": record.nodeid,
-                "outcome": record.outcome,
-                "violations": [violation_json(f, root) for f in record.findings],
-            }
-            for record in records
-        ],
+        "tests": [_test_json(record, root) for record in records],
     }
+
+
+def _test_json(record: TestRecord, root: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "nodeid": record.nodeid,
+        "outcome": record.outcome,
+        "violations": [violation_json(f, root) for f in record.findings],
+    }
+    if record.crossings is not None:
+        entry["crossings"] = {
+            "total": record.crossings.total,
+            "by_origin": record.crossings.by_origin(),
+        }
+    return entry
 
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -128,3 +136,56 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_CROSSING_ADVICE = {
+    "middleware": "make the middleware async-capable (async_capable = True with an async"
+    " __call__, or @sync_and_async_middleware) so Django needs no adapter around it",
+    "hook": "replace the MiddlewareMixin hook with an async-capable middleware: each hook costs"
+    " a hop per request",
+    "view": "make the view async (async def) or serve it under WSGI",
+    "orm": "batch the ORM work in one sync_to_async(...) call instead of one a-method per query",
+    "signal": "make the receiver async (async def) so Django can await it directly",
+    "user": "fold consecutive sync_to_async calls into one function called once",
+    "handler": "Django's own per-request hop; not avoidable from the project",
+    "test-client": "the test client's own hop; production does not pay it",
+}
+
+
+def _advice(origin: str, detail: str) -> str:
+    if origin == "middleware" and "MiddlewareMixin hook" in detail:
+        return _CROSSING_ADVICE["hook"]
+    return _CROSSING_ADVICE[origin]
+
+
+def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
+    """Why a crossing budget failed: every crossing, then what can be done about them."""
+    lines = [
+        f"pytest-djasync: {recorder.total} sync/async crossings {where}, more than the"
+        f" {limit} allowed",
+        "",
+    ]
+    for number, crossing in enumerate(recorder, 1):
+        lines.append(f"{number:3}. {crossing.line()}")
+    avoidable = [c for c in recorder if c.origin not in ("handler", "test-client")]
+    lines += ["", f"{len(avoidable)} of them avoidable:"]
+    advice: dict[str, int] = {}
+    for crossing in avoidable:
+        text = _advice(crossing.origin, crossing.detail)
+        advice[text] = advice.get(text, 0) + 1
+    lines += [f"  - {text} ({count}x)" for text, count in advice.items()]
+    return "\n".join(lines)
+
+
+def costliest_requests(records: Iterable[TestRecord], top: int = 5) -> list[str]:
+    """The requests that paid most crossings, one line each."""
+    rows = []
+    for record in records:
+        if record.crossings is None:
+            continue
+        for request, count in record.crossings.by_request().items():
+            rows.append((count, request, record.nodeid))
+    rows.sort(key=lambda row: (-row[0], row[1], row[2]))
+    return [
+        f"{count:4} crossings  {request}  in {nodeid}" for count, request, nodeid in rows[:top]
+    ]

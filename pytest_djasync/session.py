@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from pytest_djasync import djangohooks, findings, patching
+from pytest_djasync import crossings, djangohooks, findings, patching
 from pytest_djasync.findings import Collector, Finding
 from pytest_djasync.guard import Guard
 from pytest_djasync.watchdog import Watchdog
@@ -24,6 +24,7 @@ class TestRecord:
     findings: list[Finding] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     allowed_reason: str | None = None
+    crossings: crossings.Recorder | None = None
 
 
 class Watch:
@@ -55,13 +56,29 @@ class Watch:
         self._guard.disarm()
         self._watchdog.stop()
 
-    def begin_test(self, nodeid: str, block_ms: float) -> None:
+    def begin_test(self, nodeid: str, block_ms: float, watch_loop: bool) -> None:
+        self.records[nodeid] = TestRecord(nodeid)
+        if not watch_loop:
+            return
+        if not self.running:
+            self.start()
         self._guard.arm()  # modules the project imported since the last test
         self._watchdog.set_threshold(block_ms)
         self._block_ms_now = block_ms
         self._collector = Collector(nodeid, self.allow)
-        self.records[nodeid] = TestRecord(nodeid)
         findings.activate(self._collector)
+
+    def count_crossings(self, nodeid: str) -> crossings.Recorder:
+        """Count this test's crossings from now until ``stop_counting``."""
+        recorder = crossings.start(crossings.Recorder())
+        self.records[nodeid].crossings = recorder
+        return recorder
+
+    def stop_counting(self, nodeid: str) -> crossings.Recorder | None:
+        recorder = self.records[nodeid].crossings
+        if recorder is not None:
+            crossings.stop(recorder)
+        return recorder
 
     def take(self) -> list[Finding]:
         """Findings made since the last call, for the test phase that just ended."""
@@ -88,18 +105,18 @@ class Watch:
     def current_block_ms(self) -> float:
         return self._block_ms_now
 
-    def end_test(self, allowed_reason: str | None) -> TestRecord | None:
+    def end_test(self, nodeid: str, allowed_reason: str | None) -> TestRecord:
+        record = self.records[nodeid]
+        record.allowed_reason = allowed_reason
         collector = self._collector
         findings.activate(None)
         self._watchdog.set_threshold(self.block_ms)
         if collector is None:
-            return None
+            return record
         self.take()
         self.take_notes()
         self.matched_patterns |= collector.matched_patterns
         self._collector = None
-        record = self.records[collector.nodeid]
-        record.allowed_reason = allowed_reason
         return record
 
     def unmatched_patterns(self) -> list[str]:

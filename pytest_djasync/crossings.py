@@ -1,0 +1,261 @@
+"""Counting asgiref's sync/async crossings and saying who caused each one.
+
+Every call of a ``SyncToAsync`` or ``AsyncToSync`` adapter is a thread hop. ``__call__`` is
+wrapped at class level, so adapters made before the test (Django builds its middleware chain
+once) are counted too. Recording a crossing keeps only references (the wrapped callable, a few
+caller frames' code and line); attribution runs later, when someone asks, so the hop itself
+pays little. Nothing here ever ``repr()``s the wrapped callable: a QuerySet's repr runs a query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from types import CodeType
+from typing import Any
+
+from asgiref.sync import AsyncToSync, SyncToAsync, markcoroutinefunction
+
+from pytest_djasync import findings, patching
+
+SYNC_TO_ASYNC = "sync_to_async"
+ASYNC_TO_SYNC = "async_to_sync"
+ORIGINS = ("middleware", "view", "orm", "signal", "handler", "test-client", "user")
+_CALLER_DEPTH = 12
+_ASGIREF = "asgiref."
+
+
+@dataclasses.dataclass
+class Crossing:
+    """One adapter call, recorded cheaply and explained on demand."""
+
+    direction: str
+    thread_sensitive: bool
+    func: Any  # the wrapped callable; never repr()'d
+    callers: tuple[tuple[CodeType, int, str], ...]  # innermost first: code, line, module
+    caller_self: Any  # ``self`` of the calling frame, to spot the middleware behind an adapter
+    request: str | None
+    thread: str
+    _explained: tuple[str, str] | None = None
+
+    @property
+    def origin(self) -> str:
+        return self._explain()[0]
+
+    @property
+    def detail(self) -> str:
+        return self._explain()[1]
+
+    def _explain(self) -> tuple[str, str]:
+        if self._explained is None:
+            self._explained = attribute(self)
+        return self._explained
+
+    @property
+    def wrapped(self) -> str:
+        return callable_name(self.func)
+
+    def user_line(self) -> str | None:
+        for code, line, _ in self.callers:
+            if findings.is_user_path(code.co_filename):
+                return f"{code.co_filename}:{line}"
+        return None
+
+    def line(self, root: Any = None) -> str:
+        sensitive = "thread_sensitive" if self.thread_sensitive else "any thread"
+        if self.direction == ASYNC_TO_SYNC:
+            sensitive = "new loop"
+        request = f" while serving {self.request}" if self.request else ""
+        return f"{self.origin}: {self.detail} [{self.direction}, {sensitive}]{request}"
+
+
+class Recorder:
+    """The crossings of one test (or one ``with`` block); thread-safe appends only."""
+
+    def __init__(self) -> None:
+        self.crossings: list[Crossing] = []
+
+    @property
+    def total(self) -> int:
+        return len(self.crossings)
+
+    def by_origin(self) -> dict[str, int]:
+        counts = Counter(c.origin for c in self.crossings)
+        return {origin: counts[origin] for origin in ORIGINS if counts[origin]}
+
+    def by_request(self) -> dict[str, int]:
+        return dict(Counter(c.request for c in self.crossings if c.request))
+
+    def __len__(self) -> int:
+        return len(self.crossings)
+
+    def __iter__(self) -> Iterator[Crossing]:
+        return iter(list(self.crossings))
+
+
+_recorders: list[Recorder] = []  # every active recorder gets every crossing (nested blocks)
+
+
+def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
+    if not _recorders:
+        return
+    callers: list[tuple[CodeType, int, str]] = []
+    frame = caller
+    while frame is not None and len(callers) < _CALLER_DEPTH:
+        callers.append((frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?")))
+        frame = frame.f_back
+    caller_self = caller.f_locals.get("self") if direction == ASYNC_TO_SYNC else None
+    crossing = Crossing(
+        direction=direction,
+        thread_sensitive=bool(getattr(adapter, "_thread_sensitive", False)),
+        func=func,
+        callers=tuple(callers),
+        caller_self=caller_self,
+        request=findings.current_request.get(),
+        thread=threading.current_thread().name,
+    )
+    for recorder in list(_recorders):
+        recorder.crossings.append(crossing)
+
+
+def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    # A plain function returning the coroutine, so the crossing is recorded where the adapter
+    # is called: awaited later inside asyncio.gather, its caller would be the event loop.
+    @functools.wraps(original)
+    def __call__(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        if _recorders:
+            _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
+        return original(self, *args, **kwargs)
+
+    return markcoroutinefunction(__call__)
+
+
+def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __call__(self: AsyncToSync[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        if _recorders:
+            _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
+        return original(self, *args, **kwargs)
+
+    return __call__
+
+
+_patches: list[patching.Patch] = []
+
+
+def start(recorder: Recorder) -> Recorder:
+    """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
+    if not _patches:
+        _patches.extend(
+            (
+                patching.install(
+                    SyncToAsync, "__call__", _counting_sync_to_async(SyncToAsync.__call__)
+                ),
+                patching.install(
+                    AsyncToSync, "__call__", _counting_async_to_sync(AsyncToSync.__call__)
+                ),
+            )
+        )
+    _recorders.append(recorder)
+    return recorder
+
+
+def stop(recorder: Recorder) -> None:
+    """Stop feeding ``recorder``; the last one out restores asgiref exactly."""
+    if recorder in _recorders:
+        _recorders.remove(recorder)
+    if not _recorders:
+        for patch in reversed(_patches):
+            patch.undo()
+        _patches.clear()
+
+
+# -- attribution --------------------------------------------------------------------------------
+
+_HOOKS = frozenset(
+    {
+        "process_request",
+        "process_response",
+        "process_view",
+        "process_exception",
+        "process_template_response",
+    }
+)
+
+
+def callable_name(func: Any) -> str:
+    """A readable name for a callable, from its type and qualified name only (no repr)."""
+    func = _unwrap(func)
+    owner = getattr(func, "__self__", None)
+    name = getattr(func, "__qualname__", None)
+    if owner is not None and name:
+        return f"{type(owner).__qualname__}.{getattr(func, '__name__', name)}"
+    if name:
+        module = getattr(func, "__module__", None) or ""
+        return f"{module}.{name}" if module else name
+    return f"{type(func).__module__}.{type(func).__qualname__} instance"
+
+
+def _unwrap(func: Any) -> Any:
+    for _ in range(20):  # follow functools.wraps chains (convert_exception_to_response)
+        inner = getattr(func, "__wrapped__", None)
+        if inner is None:
+            return func
+        func = inner
+    return func
+
+
+def _is_middleware(obj: Any) -> bool:
+    # Middleware keeps the next handler in an instance attribute; Django's handlers have a
+    # get_response *method*, so they do not qualify.
+    return callable(obj) and "get_response" in getattr(obj, "__dict__", {})
+
+
+def attribute(crossing: Crossing) -> tuple[str, str]:
+    """(origin, detail) for one crossing; see the module docstring for the rules' order."""
+    func = _unwrap(crossing.func)
+    owner = getattr(func, "__self__", None)
+    if owner is not None and _is_middleware(owner) and getattr(func, "__name__", "") in _HOOKS:
+        return "middleware", f"{type(owner).__qualname__}.{func.__name__} (MiddlewareMixin hook)"
+    if _is_middleware(func):
+        return "middleware", f"mode adapter around {type(func).__qualname__}"
+    if _is_middleware(crossing.caller_self):
+        return "middleware", f"mode adapter below {type(crossing.caller_self).__qualname__}"
+    return _by_caller(crossing)
+
+
+def _by_caller(crossing: Crossing) -> tuple[str, str]:
+    for code, line, module in crossing.callers:
+        if module.startswith(_ASGIREF):
+            continue
+        if findings.is_user_path(code.co_filename):
+            return "user", f"{callable_name(crossing.func)} at {code.co_filename}:{line}"
+        origin = _django_origin(module, code.co_name)
+        if origin is not None:
+            return origin, _django_detail(origin, crossing, code)
+    where = crossing.user_line()
+    return "user", callable_name(crossing.func) + (f" at {where}" if where else "")
+
+
+def _django_origin(module: str, function: str) -> str | None:
+    if module.startswith("django.db."):
+        return "orm"
+    if module.startswith("django.dispatch"):
+        return "signal"
+    if module == "django.core.handlers.base" and function == "_get_response_async":
+        return "view"
+    if module.startswith(("django.test", "pytest_django", "pytest_djasync")):
+        return "test-client"
+    if module.startswith("django."):
+        return "handler"
+    return None
+
+
+def _django_detail(origin: str, crossing: Crossing, code: CodeType) -> str:
+    if origin == "orm":
+        return getattr(code, "co_qualname", code.co_name)  # QuerySet.aget, Model.asave, ...
+    return callable_name(crossing.func)
