@@ -2,6 +2,7 @@
 
 from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
 from pytest_djasync.errors import AsyncSafetyFailure
+from pytest_djasync.latency import latency
 
-__all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app"]
+__all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app", "latency"]
 __version__ = "0.1.0.dev0"

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 import httpx
 import pytest
 
-from pytest_djasync import client, crossings, djangohooks, report
+from pytest_djasync import client, crossings, djangohooks, fanout, report
 from pytest_djasync.session import Watch
 
 WATCH_KEY = pytest.StashKey[Watch]()
@@ -60,3 +60,14 @@ def djasync_assert_max_crossings() -> Callable[[int], AbstractContextManager[cro
             pytest.fail(report.crossings_text(recorder, limit, "in the block"), pytrace=False)
 
     return assert_max_crossings
+
+
+@pytest.fixture
+def djasync_fanout() -> Iterator[fanout.Recorder]:
+    """Every outbound httpx request from now to the end of the test: ``.calls``,
+    ``.peak_concurrency``, ``.wall``, ``.slowest``, ``.assert_concurrent(n, within=None)``."""
+    recorder = fanout.start(fanout.Recorder())
+    try:
+        yield recorder
+    finally:
+        fanout.stop(recorder)

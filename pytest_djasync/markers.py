@@ -9,11 +9,14 @@ from pytest_djasync.config import parse_block_ms
 BLOCK_MS = "djasync_block_ms"
 ALLOW_BLOCKING = "djasync_allow_blocking"
 MAX_CROSSINGS = "djasync_max_crossings"
+FANOUT = "djasync_fanout"
 
 _HELP = {
     BLOCK_MS: "djasync_block_ms(ms): loop-stall threshold for this test, in milliseconds",
     ALLOW_BLOCKING: "djasync_allow_blocking(reason=...): accept loop blocking in this test",
     MAX_CROSSINGS: "djasync_max_crossings(n): fail if the test makes more than n sync/async hops",
+    FANOUT: "djasync_fanout(n, within=None): fail unless n outbound requests were in flight"
+    " together (and, with within=x, the fan-out took at most x times its slowest call)",
 }
 
 
@@ -65,3 +68,24 @@ def max_crossings(item: pytest.Item) -> int | None:
             f" e.g. @pytest.mark.{MAX_CROSSINGS}(4); got args={marker.args} kwargs={marker.kwargs}"
         )
     return limit
+
+
+def fanout(item: pytest.Item) -> tuple[int, float | None] | None:
+    """The fan-out a test must show, as (at least n together, within factor), or ``None``."""
+    marker = item.get_closest_marker(FANOUT)
+    if marker is None:
+        return None
+    usage = (
+        f"{item.nodeid}: @pytest.mark.{FANOUT} takes a whole number >= 1 and optionally"
+        f" within=<factor >= 1>, e.g. @pytest.mark.{FANOUT}(3, within=1.5);"
+        f" got args={marker.args} kwargs={marker.kwargs}"
+    )
+    within = marker.kwargs.get("within")
+    at_least = marker.args[0] if len(marker.args) == 1 else None
+    if set(marker.kwargs) - {"within"} or not isinstance(at_least, int) or at_least < 1:
+        raise pytest.UsageError(usage)
+    if within is not None and (
+        not isinstance(within, (int, float)) or isinstance(within, bool) or within < 1
+    ):
+        raise pytest.UsageError(usage)
+    return at_least, None if within is None else float(within)

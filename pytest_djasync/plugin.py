@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_djasync import config as _config
-from pytest_djasync import djangohooks, findings, markers, report
+from pytest_djasync import djangohooks, fanout, findings, markers, report
 from pytest_djasync import fixtures as _fixtures
 from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
 from pytest_djasync.session import Watch
@@ -52,6 +52,7 @@ class WatchHooks:
             markers.block_ms(item, self.settings.block_ms.value)
             markers.allow_blocking_reason(item)
             markers.max_crossings(item)
+            markers.fanout(item)
 
     def _watches_loop(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or item.get_closest_marker(markers.BLOCK_MS) is not None
@@ -59,10 +60,13 @@ class WatchHooks:
     def _counts(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or markers.max_crossings(item) is not None
 
+    def _records_fanout(self, item: pytest.Item) -> bool:
+        return self.settings.enabled.value or markers.fanout(item) is not None
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         watch_loop = self._watches_loop(item)
-        if not (watch_loop or self._counts(item)):
+        if not (watch_loop or self._counts(item) or self._records_fanout(item)):
             return (yield)
         if watch_loop and not self._warmed:
             self._warmed = True
@@ -78,16 +82,16 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        counting = item.nodeid in self.watch.records and self._counts(item)
-        if counting:
-            self.watch.count_crossings(item.nodeid)
+        recording = item.nodeid in self.watch.records
+        if recording:
+            self.watch.begin_call(item.nodeid, self._counts(item), self._records_fanout(item))
         try:
             result = yield
         except BaseException:
-            self._stop_counting(item, counting)
+            self._end_call(item, recording)
             self._check(item, "call", raise_=False)
             raise
-        self._stop_counting(item, counting)
+        self._end_call(item, recording)
         self._check(item, "call", raise_=True)
         return result
 
@@ -97,14 +101,16 @@ class WatchHooks:
         self._check(item, "teardown", raise_=True)
         return result
 
-    def _stop_counting(self, item: pytest.Item, counting: bool) -> None:
-        if counting:
-            self.watch.stop_counting(item.nodeid)
+    def _end_call(self, item: pytest.Item, recording: bool) -> None:
+        if recording:
+            self.watch.end_call(item.nodeid)
 
     def _check(self, item: pytest.Item, when: str, raise_: bool) -> None:
         """Fail the phase that just ended with every problem found in it (or, when the test
         failed on its own, attach them to its report instead)."""
-        texts = [self._loop_text(item), self._crossings_text(item) if when == "call" else ""]
+        texts = [self._loop_text(item)]
+        if when == "call":
+            texts += [self._crossings_text(item), self._fanout_text(item)]
         text = "\n\n".join(t for t in texts if t)
         if not text:
             return
@@ -131,6 +137,15 @@ class WatchHooks:
         if limit is None or recorder is None or recorder.total <= limit:
             return ""
         return report.crossings_text(recorder, limit, "in this test's call phase")
+
+    def _fanout_text(self, item: pytest.Item) -> str:
+        expected = markers.fanout(item)
+        record = self.watch.records.get(item.nodeid)
+        recorder = record.fanout if record else None
+        if expected is None or recorder is None:
+            return ""
+        problem = recorder.check(*expected)
+        return "" if problem is None else "pytest-djasync: " + fanout.timeline(recorder, problem)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.watch.records.get(report.nodeid)

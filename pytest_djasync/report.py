@@ -121,6 +121,11 @@ def _test_json(record: TestRecord, root: Path) -> dict[str, Any]:
             "total": record.crossings.total,
             "by_origin": record.crossings.by_origin(),
         }
+    if record.fanout is not None:
+        entry["fanout"] = {
+            "requests": len(record.fanout.finished),
+            "peak_concurrency": record.fanout.peak_concurrency,
+        }
     return entry
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from pytest_djasync import crossings, djangohooks, findings, patching
+from pytest_djasync import crossings, djangohooks, fanout, findings, patching
 from pytest_djasync.findings import Collector, Finding
 from pytest_djasync.guard import Guard
 from pytest_djasync.watchdog import Watchdog
@@ -25,6 +25,7 @@ class TestRecord:
     notes: list[str] = dataclasses.field(default_factory=list)
     allowed_reason: str | None = None
     crossings: crossings.Recorder | None = None
+    fanout: fanout.Recorder | None = None
 
 
 class Watch:
@@ -68,17 +69,20 @@ class Watch:
         self._collector = Collector(nodeid, self.allow)
         findings.activate(self._collector)
 
-    def count_crossings(self, nodeid: str) -> crossings.Recorder:
-        """Count this test's crossings from now until ``stop_counting``."""
-        recorder = crossings.start(crossings.Recorder())
-        self.records[nodeid].crossings = recorder
-        return recorder
+    def begin_call(self, nodeid: str, count_crossings: bool, record_fanout: bool) -> None:
+        """Count crossings and record outbound requests for the test's call phase."""
+        record = self.records[nodeid]
+        if count_crossings:
+            record.crossings = crossings.start(crossings.Recorder())
+        if record_fanout:
+            record.fanout = fanout.start(fanout.Recorder())
 
-    def stop_counting(self, nodeid: str) -> crossings.Recorder | None:
-        recorder = self.records[nodeid].crossings
-        if recorder is not None:
-            crossings.stop(recorder)
-        return recorder
+    def end_call(self, nodeid: str) -> None:
+        record = self.records[nodeid]
+        if record.crossings is not None:
+            crossings.stop(record.crossings)
+        if record.fanout is not None:
+            fanout.stop(record.fanout)
 
     def take(self) -> list[Finding]:
         """Findings made since the last call, for the test phase that just ended."""

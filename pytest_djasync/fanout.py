@@ -1,0 +1,257 @@
+"""Recording outbound httpx requests on one clock, to prove that a fan-out really overlaps.
+
+``Client.send`` and ``AsyncClient.send`` are wrapped at class level, so every client counts,
+whichever thread it runs in, over the network or mocked by respx. Requests a test client sends
+into the application in-process (ASGI or WSGI transports, ``asgi_client``) are not outbound and
+are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from pytest_djasync import findings, patching
+from pytest_djasync.client import ASGIStreamingTransport
+
+_IN_PROCESS = (httpx.ASGITransport, httpx.WSGITransport, ASGIStreamingTransport)
+_perf = time.perf_counter
+
+
+@dataclasses.dataclass
+class Call:
+    method: str
+    url: str
+    start: float
+    end: float | None
+    is_async: bool
+    task: int | None  # id of the asyncio task that sent it (async clients)
+    thread_sensitive: bool  # sent from sync code queued on asgiref's thread-sensitive executor
+    location: findings.Frame | None
+
+    @property
+    def duration(self) -> float:
+        return (self.end or self.start) - self.start
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+class Recorder:
+    """The outbound requests of one test or block."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    @property
+    def finished(self) -> list[Call]:
+        return [call for call in self.calls if call.end is not None]
+
+    @property
+    def peak_concurrency(self) -> int:
+        """The most requests that were in flight together at any moment."""
+        events = sorted(
+            [(c.start, 1) for c in self.finished] + [(c.end or 0.0, -1) for c in self.finished],
+            key=lambda event: (event[0], event[1]),  # an end before a start at the same instant
+        )
+        peak = current = 0
+        for _, step in events:
+            current += step
+            peak = max(peak, current)
+        return peak
+
+    @property
+    def wall(self) -> float:
+        calls = self.finished
+        if not calls:
+            return 0.0
+        return max(c.end or 0.0 for c in calls) - min(c.start for c in calls)
+
+    @property
+    def slowest(self) -> float:
+        return max((c.duration for c in self.finished), default=0.0)
+
+    @property
+    def total(self) -> float:
+        return sum(c.duration for c in self.finished)
+
+    def likely_cause(self) -> str | None:
+        """Why the calls did not overlap, when the recording shows it."""
+        calls = self.finished
+        if len(calls) < 2:
+            return None
+        if all(c.thread_sensitive for c in calls if not c.is_async) and any(
+            not c.is_async for c in calls
+        ):
+            return (
+                "the sync calls ran through sync_to_async(..., thread_sensitive=True) (the"
+                " default), so they queued on asgiref's single thread-sensitive executor; use"
+                " sync_to_async(func, thread_sensitive=False) or an httpx.AsyncClient"
+            )
+        tasks = {c.task for c in calls if c.is_async}
+        if len(tasks) == 1 and None not in tasks and self.peak_concurrency == 1:
+            return (
+                "the calls were awaited one after another in one task; start them together with"
+                " asyncio.gather(...) or an asyncio.TaskGroup"
+            )
+        peak = self.peak_concurrency
+        if 1 < peak < len(calls):
+            return (
+                f"at most {peak} ran at once: a semaphore, a connection-pool limit"
+                " (httpx.Limits) or a worker pool of that size is capping the fan-out"
+            )
+        return None
+
+    def check(self, at_least: int, within: float | None = None) -> str | None:
+        """``None`` when the fan-out holds, else why not."""
+        peak = self.peak_concurrency
+        if peak < at_least:
+            return f"expected at least {at_least} outbound requests in flight together, saw {peak}"
+        if within is not None and self.wall > within * self.slowest:
+            return (
+                f"the fan-out took {self.wall * 1000:.0f} ms, more than {within:g} x its slowest"
+                f" call ({self.slowest * 1000:.0f} ms)"
+            )
+        return None
+
+    def assert_concurrent(self, at_least: int, within: float | None = None) -> None:
+        problem = self.check(at_least, within)
+        if problem is not None:
+            raise AssertionError(timeline(self, problem))
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(list(self.calls))
+
+
+def timeline(recorder: Recorder, headline: str, width: int = 40) -> str:
+    """The calls as bars on one time axis, with the peak, the sum, the slowest and a cause."""
+    calls = sorted(recorder.finished, key=lambda c: c.start)
+    lines = [headline, ""]
+    if calls:
+        origin = calls[0].start
+        scale = width / max(recorder.wall, 1e-9)
+        label_width = min(60, max(len(c.label) for c in calls))
+        for call in calls:
+            left = int((call.start - origin) * scale)
+            length = max(1, round(call.duration * scale))
+            bar = (" " * left + "#" * length).ljust(width)[:width]
+            label = call.label[:label_width]
+            lines.append(f"  {label:<{label_width}} |{bar}| {call.duration * 1000:5.0f} ms")
+        lines.append("")
+    lines.append(
+        f"  {len(calls)} requests, peak {recorder.peak_concurrency} in flight,"
+        f" wall {recorder.wall * 1000:.0f} ms, sum {recorder.total * 1000:.0f} ms,"
+        f" slowest {recorder.slowest * 1000:.0f} ms"
+    )
+    cause = recorder.likely_cause()
+    if cause:
+        lines.append(f"  likely cause: {cause}")
+    return "\n".join(lines)
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+_recorders: list[Recorder] = []
+_patches: list[patching.Patch] = []
+
+
+def _outbound(client: httpx.Client | httpx.AsyncClient, request: httpx.Request) -> bool:
+    transport = client._transport_for_url(request.url)
+    return not isinstance(transport, _IN_PROCESS)
+
+
+def _begin(request: httpx.Request, is_async: bool) -> Call:
+    task = asyncio.current_task() if is_async else None
+    url = request.url
+    call = Call(
+        method=request.method,
+        url=f"{url.host}{url.path}",
+        start=_perf(),
+        end=None,
+        is_async=is_async,
+        task=id(task) if task is not None else None,
+        thread_sensitive=not is_async and _in_thread_sensitive_executor(),
+        location=findings.user_frame(findings.capture(sys._getframe(2))),
+    )
+    for recorder in list(_recorders):
+        recorder.calls.append(call)
+    return call
+
+
+def _in_thread_sensitive_executor() -> bool:
+    """True when this sync code runs inside a ``sync_to_async(thread_sensitive=True)`` call."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "thread_handler" and "asgiref" in frame.f_code.co_filename:
+            adapter = frame.f_locals.get("self")
+            return bool(getattr(adapter, "_thread_sensitive", False))
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _timing_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        if not _recorders or not _outbound(self, request):
+            return await original(self, request, **kwargs)
+        call = _begin(request, is_async=True)
+        try:
+            return await original(self, request, **kwargs)
+        finally:
+            call.end = _perf()
+
+    return send
+
+
+def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> Any:
+        if not _recorders or not _outbound(self, request):
+            return original(self, request, **kwargs)
+        call = _begin(request, is_async=False)
+        try:
+            return original(self, request, **kwargs)
+        finally:
+            call.end = _perf()
+
+    return send
+
+
+_lock = threading.Lock()
+
+
+def start(recorder: Recorder) -> Recorder:
+    """Send every outbound request to ``recorder``; wraps httpx if nobody has yet."""
+    with _lock:
+        if not _patches:
+            _patches.append(
+                patching.install(httpx.AsyncClient, "send", _timing_async(httpx.AsyncClient.send))
+            )
+            _patches.append(
+                patching.install(httpx.Client, "send", _timing_sync(httpx.Client.send))
+            )
+        _recorders.append(recorder)
+    return recorder
+
+
+def stop(recorder: Recorder) -> None:
+    """Stop feeding ``recorder``; the last one out restores httpx exactly."""
+    with _lock:
+        if recorder in _recorders:
+            _recorders.remove(recorder)
+        if not _recorders:
+            for patch in reversed(_patches):
+                patch.undo()
+            _patches.clear()

@@ -1,0 +1,51 @@
+"""Realistic latency for respx routes, for async and sync callers alike.
+
+``respx.get(url).mock(side_effect=latency(0.05, json={...}))`` answers after 50 ms: an
+``httpx.AsyncClient`` awaits ``asyncio.sleep`` (so concurrent calls overlap, as on a network),
+and an ``httpx.Client`` sleeps its own thread. A fan-out test then needs no network and no
+hand-written side effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+_ASYNC_RESOLVER = "aresolve"  # respx's async route resolution; it awaits what we return
+
+
+def latency(seconds: float, status_code: int = 200, **response: Any) -> Callable[..., Any]:
+    """A respx side effect: ``httpx.Response(status_code, **response)`` after ``seconds``."""
+    if seconds < 0:
+        raise ValueError(f"latency: {seconds!r} is negative; give a delay in seconds, e.g. 0.05")
+
+    def side_effect(request: httpx.Request) -> Any:
+        if _called_by_async_resolver():
+            return _answer_later(seconds, status_code, response)
+        time.sleep(seconds)
+        return httpx.Response(status_code, **response)
+
+    return side_effect
+
+
+async def _answer_later(
+    seconds: float, status_code: int, response: dict[str, Any]
+) -> httpx.Response:
+    await asyncio.sleep(seconds)
+    return httpx.Response(status_code, **response)
+
+
+def _called_by_async_resolver() -> bool:
+    frame = sys._getframe(2)
+    for _ in range(8):  # respx calls side effects a few frames below its resolver
+        if frame is None:
+            return False
+        if frame.f_code.co_name == _ASYNC_RESOLVER:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
