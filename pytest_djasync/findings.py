@@ -20,6 +20,8 @@ from typing import Any
 
 STALL = "stall"
 BLOCKING_CALL = "blocking-call"
+CROSSINGS = "crossings"  # a djasync_max_crossings budget exceeded
+FANOUT = "fanout"  # a djasync_fanout expectation not met
 
 _MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
 
@@ -69,6 +71,8 @@ class Finding:
         where = _where(self.location, root)
         took = f" for {self.duration_ms:.0f} ms" if self.duration_ms is not None else ""
         times = f" ({self.count} calls)" if self.count > 1 else ""
+        if self.kind in (CROSSINGS, FANOUT):
+            return self.what  # the budget or expectation that failed, in its own words
         if self.kind == STALL:
             return f"event loop blocked{took} at {where}{times}"
         return f"blocking call {self.what}(){took} on the event loop at {where}{times}"

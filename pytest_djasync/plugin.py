@@ -136,6 +136,8 @@ class WatchHooks:
         recorder = record.crossings if record else None
         if limit is None or recorder is None or recorder.total <= limit:
             return ""
+        summary = f"{recorder.total} sync/async crossings, more than the {limit} allowed"
+        self._record_marker_failure(item, findings.CROSSINGS, summary, report.CROSSINGS_FIX)
         return report.crossings_text(recorder, limit, "in this test's call phase")
 
     def _fanout_text(self, item: pytest.Item) -> str:
@@ -145,7 +147,27 @@ class WatchHooks:
         if expected is None or recorder is None:
             return ""
         problem = recorder.check(*expected)
-        return "" if problem is None else "pytest-djasync: " + fanout.timeline(recorder, problem)
+        if problem is None:
+            return ""
+        cause = recorder.likely_cause() or "the calls did not overlap"
+        self._record_marker_failure(item, findings.FANOUT, problem, cause)
+        return "pytest-djasync: " + fanout.timeline(recorder, problem)
+
+    def _record_marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> None:
+        path, line, name = item.location
+        self.watch.add_finding(
+            item.nodeid,
+            findings.Finding(
+                kind=kind,
+                what=what,
+                duration_ms=None,
+                stack=(),
+                location=findings.Frame(str(self.root / path), (line or 0) + 1, name, ""),
+                request=None,
+                fix=fix,
+                thread="MainThread",
+            ),
+        )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.watch.records.get(report.nodeid)

@@ -143,6 +143,11 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+CROSSINGS_FIX = (
+    "make sync-only middleware async-capable, replace MiddlewareMixin hooks, batch ORM work in"
+    " one sync_to_async call (see the test's failure for each crossing)"
+)
+
 _CROSSING_ADVICE = {
     "middleware": "make the middleware async-capable (async_capable = True with an async"
     " __call__, or @sync_and_async_middleware) so Django needs no adapter around it",

@@ -95,6 +95,10 @@ class Watch:
         record.findings.extend(fresh)
         return fresh
 
+    def add_finding(self, nodeid: str, finding: Finding) -> None:
+        """A finding the plugin itself made (a marker's expectation), not a detector."""
+        self.records[nodeid].findings.append(finding)
+
     def take_notes(self) -> list[str]:
         """Notes made since the last call."""
         collector = self._collector

@@ -3,15 +3,14 @@
 The plugin provides ``asgi_client``; pytest-django provides ``settings`` and the database.
 """
 
-import asyncio
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 import respx
+from pytest_djasync import latency
 
 from shop.models import Author, Post
 
@@ -56,38 +55,6 @@ def upstream(settings):
         thread.join(timeout=5)
 
 
-def _on_event_loop():
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-async def _after(delay, response):
-    await asyncio.sleep(delay)
-    return response
-
-
-def _answer_after(delay, payload):
-    """A respx side effect that answers ``payload`` after ``delay`` seconds.
-
-    respx awaits whatever a side effect returns for an async client, so an async caller, on
-    the loop's thread, gets a coroutine that sleeps without blocking the loop. A sync
-    ``httpx.Client`` (in a worker thread, as in the ``dashboard_threads`` views) cannot await
-    and gets a plain sleep.
-    """
-
-    def side_effect(request):
-        response = httpx.Response(200, json=payload)
-        if _on_event_loop():
-            return _after(delay, response)
-        time.sleep(delay)
-        return response
-
-    return side_effect
-
-
 @pytest.fixture
 def services(settings):
     """Mock every URL in ``settings.SERVICES``; service ``name`` answers ``{"service": name}``.
@@ -97,7 +64,7 @@ def services(settings):
     with respx.mock(assert_all_called=False) as router:
         for name, url in settings.SERVICES.items():
             payload = {"service": name}
-            router.get(url, name=name).mock(side_effect=_answer_after(SERVICE_LATENCY, payload))
+            router.get(url, name=name).mock(side_effect=latency(SERVICE_LATENCY, json=payload))
         yield router
 
 

@@ -7,13 +7,20 @@ event loop could do meanwhile. These tests pin the answers.
 import asyncio
 
 import pytest
+from expected import caught_by_djasync
 
 from shop import views
 from shop.reports import compute_report
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", ["/sleepy/", "/sleepy/fixed/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/sleepy/", marks=caught_by_djasync("time.sleep on the loop")),
+        "/sleepy/fixed/",
+    ],
+)
 async def test_sleepy(asgi_client, path):
     response = await asgi_client.get(path)
 
@@ -22,7 +29,14 @@ async def test_sleepy(asgi_client, path):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", ["/sync-http/", "/sync-http/fixed/", "/sync-http/offloaded/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/sync-http/", marks=caught_by_djasync("requests.get on the loop")),
+        "/sync-http/fixed/",
+        "/sync-http/offloaded/",
+    ],
+)
 async def test_sync_http_reaches_upstream(asgi_client, upstream, path):
     response = await asgi_client.get(path)
 
@@ -36,7 +50,13 @@ def expected_report():
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", ["/cpu-report/", "/cpu-report/fixed/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/cpu-report/", marks=caught_by_djasync("CPU work stalls the loop")),
+        "/cpu-report/fixed/",
+    ],
+)
 async def test_cpu_report(asgi_client, expected_report, path):
     # The same report on the loop or in a thread: the fix changes only where the work runs.
     response = await asgi_client.get(path)
@@ -58,7 +78,15 @@ async def _drain_background_tasks():
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("path", ["/fire-and-forget/", "/fire-and-forget/fixed/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            "/fire-and-forget/", marks=caught_by_djasync("a background task blocks the loop")
+        ),
+        "/fire-and-forget/fixed/",
+    ],
+)
 async def test_fire_and_forget_work_runs_after_the_response(asgi_client, outbox, path):
     response = await asgi_client.get(path)
     await _drain_background_tasks()

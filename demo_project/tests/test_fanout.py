@@ -5,15 +5,22 @@ All four views give the same answer and call each service once; only ``dashboard
 """
 
 import pytest
+from expected import caught_by_djasync
 
 
 @pytest.mark.asyncio
+@pytest.mark.djasync_fanout(3)
 @pytest.mark.parametrize(
     "path",
     [
         "/dashboard/",
-        "/dashboard/sequential/",
-        "/dashboard/threads/",
+        pytest.param(
+            "/dashboard/sequential/", marks=caught_by_djasync("awaited one by one", by_marker=True)
+        ),
+        pytest.param(
+            "/dashboard/threads/",
+            marks=caught_by_djasync("one thread-sensitive thread", by_marker=True),
+        ),
         "/dashboard/threads/fixed/",
     ],
 )
