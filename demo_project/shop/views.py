@@ -116,9 +116,13 @@ async def _fetch(client, url):
     return response.json()
 
 
+# One client for all threads, made once: building a client loads TLS certificates, which takes
+# long enough to stagger calls that are meant to start together.
+_SYNC_CLIENT = httpx.Client(timeout=HTTP_TIMEOUT)
+
+
 def _fetch_sync(url):
-    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
-        response = client.get(url)
+    response = _SYNC_CLIENT.get(url)
     response.raise_for_status()
     return response.json()
 

@@ -15,7 +15,7 @@ from pytest_djasync import latency
 from shop.models import Author, Post
 
 UPSTREAM_DELAY = 0.05  # seconds; slow enough to be a real wait, short enough for a quick suite
-SERVICE_LATENCY = 0.05
+SERVICE_LATENCY = 0.1
 
 
 class _SlowJSONHandler(BaseHTTPRequestHandler):
