@@ -22,6 +22,7 @@ STALL = "stall"
 BLOCKING_CALL = "blocking-call"
 CROSSINGS = "crossings"  # a djasync_max_crossings budget exceeded
 FANOUT = "fanout"  # a djasync_fanout expectation not met
+SYNC_ONLY = "sync-only"  # Django raised SynchronousOnlyOperation
 
 _MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
 
@@ -61,6 +62,7 @@ class Finding:
     note: str = ""
     count: int = 1
     allowed_by: str | None = None  # the djasync_allow pattern that accepted it
+    exception: BaseException | None = None  # the error behind a sync-only finding
 
     @property
     def key(self) -> tuple[str, str, Frame | None]:
@@ -75,6 +77,8 @@ class Finding:
             return self.what  # the budget or expectation that failed, in its own words
         if self.kind == STALL:
             return f"event loop blocked{took} at {where}{times}"
+        if self.kind == SYNC_ONLY:
+            return f"{self.what} on the event loop raised SynchronousOnlyOperation at {where}"
         return f"blocking call {self.what}(){took} on the event loop at {where}{times}"
 
 

@@ -24,7 +24,8 @@ def latency(seconds: float, status_code: int = 200, **response: Any) -> Callable
     if seconds < 0:
         raise ValueError(f"latency: {seconds!r} is negative; give a delay in seconds, e.g. 0.05")
 
-    def side_effect(request: httpx.Request) -> Any:
+    def side_effect(request: httpx.Request, **context: Any) -> Any:
+        # respx passes a pattern's named groups (url__regex=r".../(?P<id>\d+)") as keywords
         if _called_by_async_resolver():
             return _answer_later(seconds, status_code, response)
         time.sleep(seconds)

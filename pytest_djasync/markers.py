@@ -82,7 +82,12 @@ def fanout(item: pytest.Item) -> tuple[int, float | None] | None:
     )
     within = marker.kwargs.get("within")
     at_least = marker.args[0] if len(marker.args) == 1 else None
-    if set(marker.kwargs) - {"within"} or not isinstance(at_least, int) or at_least < 1:
+    if (
+        set(marker.kwargs) - {"within"}
+        or not isinstance(at_least, int)
+        or isinstance(at_least, bool)
+        or at_least < 1
+    ):
         raise pytest.UsageError(usage)
     if within is not None and (
         not isinstance(within, (int, float)) or isinstance(within, bool) or within < 1

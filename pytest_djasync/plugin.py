@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Generator
 from pathlib import Path
+from types import CodeType
+from typing import Any
 
 import pytest
 
 from pytest_djasync import config as _config
-from pytest_djasync import djangohooks, fanout, findings, markers, report
+from pytest_djasync import djangohooks, fanout, findings, markers, report, syncops
 from pytest_djasync import fixtures as _fixtures
 from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
 from pytest_djasync.session import Watch
@@ -33,7 +36,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return config.stash[SETTINGS_KEY].header_lines()
+    warning = syncops.unsafe_mode_warning()
+    return config.stash[SETTINGS_KEY].header_lines() + ([warning] if warning else [])
+
+
+def _test_code(item: pytest.Item) -> CodeType | None:
+    """The code object of the test function itself, through pytest-asyncio's wrappers."""
+    function: Any = getattr(item, "obj", None)
+    function = inspect.unwrap(getattr(function, "__func__", function) or _test_code)
+    code: CodeType | None = getattr(function, "__code__", None)
+    return code
 
 
 class WatchHooks:
@@ -124,7 +136,12 @@ class WatchHooks:
             return ""
         for note in self.watch.take_notes():
             item.warn(DjasyncWarning(note))
-        failing = [f for f in self.watch.take() if f.allowed_by is None]
+        fresh = self.watch.take()
+        test_code = _test_code(item)
+        for finding in fresh:
+            if finding.allowed_by is None and syncops.expected_by(finding, test_code):
+                finding.allowed_by = "caught by the test"
+        failing = [f for f in fresh if f.allowed_by is None]
         if not failing or markers.allow_blocking_reason(item) is not None:
             return ""
         verbose = self.config.get_verbosity() > 0
@@ -149,7 +166,7 @@ class WatchHooks:
         problem = recorder.check(*expected)
         if problem is None:
             return ""
-        cause = recorder.likely_cause() or "the calls did not overlap"
+        cause = recorder.likely_cause() or "start the calls together (asyncio.gather, a TaskGroup)"
         self._record_marker_failure(item, findings.FANOUT, problem, cause)
         return "pytest-djasync: " + fanout.timeline(recorder, problem)
 

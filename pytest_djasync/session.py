@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from pytest_djasync import crossings, djangohooks, fanout, findings, patching
+from pytest_djasync import crossings, djangohooks, fanout, findings, patching, syncops
 from pytest_djasync.findings import Collector, Finding
 from pytest_djasync.guard import Guard
 from pytest_djasync.watchdog import Watchdog
@@ -44,7 +44,7 @@ class Watch:
     def start(self) -> None:
         self._watchdog.start(self.block_ms)
         self._guard.arm()
-        self._patches = djangohooks.track_requests()
+        self._patches = djangohooks.track_requests() + syncops.install()
         self.running = True
 
     def stop(self) -> None:

@@ -1,0 +1,139 @@
+"""Async-unsafe ORM use: every ``SynchronousOnlyOperation`` becomes a finding with the fix.
+
+Django raises it from ``async_unsafe`` when sync database code runs on a thread with a running
+event loop; under ASGI the handler turns it into a 500 and the cause ends in a log line. The
+exception class's ``__init__`` is wrapped while a test runs, so each one is seen where it is
+made, whoever catches it later. The stack says what the user's code did: a lazy relation, a
+QuerySet method, a Model method, an ``atomic`` block.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+from pytest_djasync import findings, patching
+
+UNSAFE_ENV = "DJANGO_ALLOW_ASYNC_UNSAFE"
+
+_ORM_API = ("/django/db/models/query.py", "/django/db/models/base.py")
+_EVALUATION = {"__iter__", "__len__", "__bool__", "__getitem__", "_fetch_all", "__aiter__"}
+_ITERATE = "iterate with async for (or [obj async for obj in queryset]) instead of a sync loop"
+
+
+def install() -> list[patching.Patch]:
+    """Watch ``SynchronousOnlyOperation``; nothing to do when Django is not installed."""
+    try:
+        from django.core.exceptions import SynchronousOnlyOperation
+    except ImportError:
+        return []
+    original = SynchronousOnlyOperation.__init__
+    return [patching.install(SynchronousOnlyOperation, "__init__", _recording(original))]
+
+
+def _recording(original: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: BaseException, *args: Any) -> None:
+        original(self, *args)
+        if findings.recording():
+            try:
+                _record(self, sys._getframe(1))
+            except Exception as exc:  # never let the detector change the application
+                findings.internal_error("recording a SynchronousOnlyOperation", exc)
+
+    return __init__
+
+
+def _record(error: BaseException, frame: FrameType) -> None:
+    stack = findings.capture(frame)
+    what, fix = describe(frame)
+    findings.record(
+        findings.Finding(
+            kind=findings.SYNC_ONLY,
+            what=what,
+            duration_ms=None,
+            stack=stack,
+            location=findings.user_frame(stack),
+            request=findings.current_request.get(),
+            fix=fix,
+            thread=threading.current_thread().name,
+            exception=error,
+        )
+    )
+
+
+def describe(frame: FrameType | None) -> tuple[str, str]:
+    """What the user's code did to reach ``frame`` (innermost), and the fix that fits it."""
+    api: FrameType | None = None
+    while frame is not None and not findings.is_user_path(frame.f_code.co_filename):
+        code = frame.f_code
+        if code.co_name == "__get__" and code.co_filename.endswith("related_descriptors.py"):
+            return _lazy_relation(frame)
+        if code.co_name == "__enter__" and code.co_filename.endswith("/django/db/transaction.py"):
+            return "transaction.atomic()", (
+                "put the whole transaction in one sync function and await"
+                " sync_to_async(that_function)(...): atomic() cannot be entered on the loop"
+            )
+        if code.co_filename.replace(os.sep, "/").endswith(_ORM_API):
+            api = frame  # keep the outermost ORM frame: the method the user called
+        frame = frame.f_back
+    if api is None:
+        return "a sync database call", "wrap the sync ORM block in sync_to_async(...) and await it"
+    return _orm_method(api.f_code)
+
+
+def _lazy_relation(frame: FrameType) -> tuple[str, str]:
+    descriptor: Any = frame.f_locals.get("self")
+    field = getattr(descriptor, "field", None) or getattr(descriptor, "related", None)
+    name = getattr(field, "name", "?")
+    model = getattr(getattr(field, "model", None), "__name__", "?")
+    if type(descriptor).__name__.startswith("Reverse") and hasattr(descriptor, "related"):
+        name = descriptor.related.get_accessor_name()
+        model = descriptor.related.related_model.__name__
+    return f"lazy relation {model}.{name}", (
+        f"fetch it with the query: .select_related({name!r}) (or .prefetch_related({name!r}) for"
+        " a many-valued relation) before the await that loads the object"
+    )
+
+
+def _orm_method(code: CodeType) -> tuple[str, str]:
+    qualname: str = getattr(code, "co_qualname", code.co_name)
+    owner, _, method = qualname.rpartition(".")
+    if method in _EVALUATION:
+        return f"{owner or 'QuerySet'} evaluated ({method})", _ITERATE
+    async_twin = f"a{method}"
+    if owner in ("QuerySet", "Model") and _has_async_twin(owner, async_twin):
+        return f"{qualname}()", f"await the async method .{async_twin}(...) instead"
+    return f"{qualname}()", "wrap the sync ORM block in sync_to_async(...) and await it"
+
+
+def _has_async_twin(owner: str, name: str) -> bool:
+    from django.db.models import Model, QuerySet
+
+    return hasattr(QuerySet if owner == "QuerySet" else Model, name)
+
+
+def expected_by(finding: findings.Finding, test: CodeType | None) -> bool:
+    """True when the error reached the test's own code, which caught it on purpose
+    (``pytest.raises(SynchronousOnlyOperation)`` or a try/except)."""
+    error = finding.exception
+    if error is None or test is None:
+        return False
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is test:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def unsafe_mode_warning() -> str | None:
+    if os.environ.get(UNSAFE_ENV):
+        return (
+            f"djasync: WARNING {UNSAFE_ENV} is set: Django will not raise"
+            " SynchronousOnlyOperation, so sync ORM calls on the event loop go unreported"
+        )
+    return None

@@ -1,0 +1,471 @@
+"""Fan-out checks: ``djasync_fanout`` tells a real fan-out from calls that only look like one.
+
+Each test builds a real Django project, drives its views with ``asgi_client`` in a subprocess,
+and mocks the outbound API with respx and ``pytest_djasync.latency`` (or serves it from a real
+HTTP server on 127.0.0.1). Every assertion is structural, never a timing:
+
+* calls started by ``asyncio.gather`` or a ``TaskGroup`` all record their start in one loop
+  step, and every answer (a timer, a socket read) arrives in a later step, so every start
+  precedes every end however slow the machine is; calls awaited one after another, queued on
+  one thread-sensitive executor or behind a semaphore of 2 never overlap more than 1 or 2;
+* where threads must overlap, the mock answers only once all of them are in flight (a barrier)
+  instead of hoping that a sleep is long enough.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+import pytest_djasync
+from tests.conftest import DjangoProject
+
+# The outbound API lives at {base}a, {base}b, ...: respx mocks https://api.test/ unless a test
+# passes ?base=... (the real server's address).
+VIEWS = """
+import asyncio
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse
+
+
+def _urls(request, count=3):
+    base = request.GET.get("base", "https://api.test/")
+    return [base + name for name in "abcd"[:count]]
+
+
+async def gathered(request):
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(*(client.get(url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def sequential(request):
+    async with httpx.AsyncClient() as client:
+        for url in _urls(request):
+            await client.get(url)
+    return HttpResponse("ok")
+
+
+async def task_group(request):
+    async with httpx.AsyncClient() as client, asyncio.TaskGroup() as group:
+        for url in _urls(request):
+            group.create_task(client.get(url))
+    return HttpResponse("ok")
+
+
+async def limited(request):
+    limit = asyncio.Semaphore(2)
+
+    async def fetch(client, url):
+        async with limit:
+            await client.get(url)
+
+    async with httpx.AsyncClient() as client:
+        await asyncio.gather(*(fetch(client, url) for url in _urls(request, count=4)))
+    return HttpResponse("ok")
+
+
+def _fetch_with_httpx_client(url):
+    with httpx.Client() as client:
+        client.get(url)
+
+
+async def sync_default(request):
+    fetch = sync_to_async(_fetch_with_httpx_client)
+    await asyncio.gather(*(fetch(url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def sync_not_thread_sensitive(request):
+    fetch = sync_to_async(_fetch_with_httpx_client, thread_sensitive=False)
+    await asyncio.gather(*(fetch(url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def quiet(request):
+    return HttpResponse("ok")
+"""
+
+CONFTEST = """
+import http.server
+import threading
+import time
+
+import httpx
+import pytest
+
+from pytest_djasync import latency
+
+
+@pytest.fixture
+def api(respx_mock):
+    respx_mock.route(host="api.test").mock(side_effect=latency(0.05))
+    return respx_mock
+
+
+@pytest.fixture
+def api_all_at_once(respx_mock):
+    # Answers once three requests are waiting: they overlap by construction, not by timing.
+    everyone_in = threading.Barrier(3, timeout=30)
+
+    def answer(request):
+        everyone_in.wait()
+        return httpx.Response(200)
+
+    respx_mock.route(host="api.test").mock(side_effect=answer)
+    return respx_mock
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(0.05)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def upstream():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    thread.join()
+    server.server_close()
+"""
+
+
+@pytest.fixture
+def project(django_project: DjangoProject) -> DjangoProject:
+    django_project.views(VIEWS)
+    django_project.module("conftest.py", CONFTEST)
+    return django_project
+
+
+def fanout_of(report: dict[str, Any], test: str) -> Any:
+    """The ``fanout`` entry of the test whose node id ends with ``test``."""
+    [entry] = [t for t in report["tests"] if t["nodeid"].endswith(test)]
+    return entry.get("fanout")
+
+
+# -- 1, 2: gather against awaiting one after another ------------------------------------------
+
+
+def test_gather_passes_the_marker(project: DjangoProject) -> None:
+    # within=2 holds by construction: every start precedes every end (module docstring), so
+    # wall = duration of the last call to end + the gap between its start and the first start
+    #      < duration of the last call to end + duration of the first call to start
+    #      <= 2 x slowest.
+    # within=1.5 would need the three starts to fall within half a call of each other, which
+    # one scheduler stall on a busy CI machine breaks; the peak is the main assertion anyway.
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3, within=2)
+        @pytest.mark.asyncio
+        async def test_gathered(asgi_client, api):
+            assert (await asgi_client.get("/gathered/")).status_code == 200
+            assert api.calls.call_count == 3
+        """
+    )
+    result, report = project.report()
+    result.assert_outcomes(passed=1)
+    assert fanout_of(report, "test_gathered") == {"requests": 3, "peak_concurrency": 3}
+
+
+def test_calls_awaited_in_sequence_fail_with_a_timeline_and_the_cause(
+    project: DjangoProject,
+) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_sequential(asgi_client, api):
+            assert (await asgi_client.get("/sequential/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-djasync: expected at least 3 outbound requests in flight together, saw 1",
+            "  GET api.test/a |#*| * ms",
+            "  GET api.test/b |*#*| * ms",
+            "  GET api.test/c |*#*| * ms",
+            "  3 requests, peak 1 in flight, wall * ms, sum * ms, slowest * ms",
+            "  likely cause: the calls were awaited one after another in one task; start them"
+            " together with asyncio.gather(...) or an asyncio.TaskGroup",
+        ]
+    )
+
+
+# -- 3: sync_to_async and its thread-sensitive executor ----------------------------------------
+
+
+def test_sync_to_async_fans_out_only_off_the_thread_sensitive_executor(
+    project: DjangoProject,
+) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_default(asgi_client, api):
+            assert (await asgi_client.get("/sync_default/")).status_code == 200
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_not_thread_sensitive(asgi_client, api_all_at_once):
+            assert (await asgi_client.get("/sync_not_thread_sensitive/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*3 requests, peak 1 in flight*",
+            "  likely cause: the sync calls ran through sync_to_async(..., thread_sensitive=True)"
+            " (the default), so they queued on asgiref's single thread-sensitive executor;"
+            " use sync_to_async(func, thread_sensitive=False) or an httpx.AsyncClient",
+            "FAILED test_scenario.py::test_default - *",
+        ]
+    )
+
+
+# -- 4: a semaphore caps the fan-out -----------------------------------------------------------
+
+
+def test_a_semaphore_of_two_caps_the_fan_out_at_two(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_needs_three(asgi_client, api):
+            assert (await asgi_client.get("/limited/")).status_code == 200
+
+        @pytest.mark.djasync_fanout(2)
+        @pytest.mark.asyncio
+        async def test_needs_two(asgi_client, api):
+            assert (await asgi_client.get("/limited/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at least 3 outbound requests in flight together, saw 2",
+            "  4 requests, peak 2 in flight*",
+            "  likely cause: at most 2 ran at once: a semaphore, a connection-pool limit"
+            " (httpx.Limits) or a worker pool of that size is capping the fan-out",
+            "FAILED test_scenario.py::test_needs_three - *",
+        ]
+    )
+
+
+# -- 5: asyncio.TaskGroup ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is new in Python 3.11")
+def test_task_group_fan_out_passes(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_task_group(asgi_client, api):
+            assert (await asgi_client.get("/task_group/")).status_code == 200
+        """
+    )
+    project.run().assert_outcomes(passed=1)
+
+
+# -- 6: a real HTTP server instead of mocks ----------------------------------------------------
+
+
+def test_real_requests_to_a_local_server_are_timed_too(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_gathered(asgi_client, upstream):
+            response = await asgi_client.get("/gathered/", params={"base": upstream})
+            assert response.status_code == 200
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_sequential(asgi_client, upstream):
+            response = await asgi_client.get("/sequential/", params={"base": upstream})
+            assert response.status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  GET 127.0.0.1/a |#*| * ms",
+            "  3 requests, peak 1 in flight*",
+            "  likely cause: the calls were awaited one after another in one task;*",
+            "FAILED test_scenario.py::test_sequential - *",
+        ]
+    )
+
+
+# -- 7: the djasync_fanout fixture -------------------------------------------------------------
+
+
+def test_the_fixture_records_calls_in_a_test_body(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import asyncio
+
+        import httpx
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_fixture(api, djasync_fanout):
+            async with httpx.AsyncClient() as client:
+                await asyncio.gather(*(client.get(f"https://api.test/{n}") for n in "abc"))
+            assert sorted((c.method, c.url) for c in djasync_fanout.calls) == [
+                ("GET", "api.test/a"), ("GET", "api.test/b"), ("GET", "api.test/c")
+            ]
+            assert all(c.start < c.end for c in djasync_fanout.calls)
+            assert djasync_fanout.peak_concurrency == 3
+            djasync_fanout.assert_concurrent(3)
+
+        @pytest.mark.asyncio
+        async def test_fixture_failing(api, djasync_fanout):
+            async with httpx.AsyncClient() as client:
+                for n in "abc":
+                    await client.get(f"https://api.test/{n}")
+            with pytest.raises(AssertionError, match="peak 1 in flight") as failure:
+                djasync_fanout.assert_concurrent(2)
+            assert "awaited one after another" in str(failure.value)
+        """
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+# -- 8: requests into the app are not outbound -------------------------------------------------
+
+
+def test_requests_into_the_app_are_not_counted(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import asyncio
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_into_the_app(asgi_client, djasync_fanout):
+            responses = await asyncio.gather(*(asgi_client.get("/quiet/") for _ in range(3)))
+            assert [r.status_code for r in responses] == [200, 200, 200]
+            assert djasync_fanout.calls == []
+
+        @pytest.mark.asyncio
+        async def test_out_of_the_app(asgi_client, api):
+            assert (await asgi_client.get("/gathered/")).status_code == 200
+        """
+    )
+    result, report = project.report()
+    result.assert_outcomes(passed=2)
+    assert fanout_of(report, "test_into_the_app") == {"requests": 0, "peak_concurrency": 0}
+    assert fanout_of(report, "test_out_of_the_app") == {"requests": 3, "peak_concurrency": 3}
+
+
+# -- 9: marker arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arguments", ["", "0", "3, within=0.5", "3, bogus=1"])
+def test_bad_marker_arguments_are_usage_errors(project: DjangoProject, arguments: str) -> None:
+    project.tests(
+        f"""
+        import pytest
+
+        @pytest.mark.djasync_fanout({arguments})
+        def test_marked():
+            pass
+        """
+    )
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*test_scenario.py::test_marked: @pytest.mark.djasync_fanout takes a whole number"
+            " >= 1 and optionally within=<factor >= 1>*"
+        ]
+    )
+
+
+# -- 10: latency for sync and async clients ----------------------------------------------------
+
+
+def test_latency_answers_sync_clients_in_threads_and_async_clients(
+    project: DjangoProject,
+) -> None:
+    # Under --djasync a time.sleep on the loop is a finding however short, so a clean report
+    # shows the async client awaited its delay and the sync client slept its worker thread.
+    # The durations are lower bounds (a sleep never ends early): a slow machine cannot fail them.
+    project.tests(
+        """
+        import asyncio
+
+        import httpx
+        import pytest
+
+        from pytest_djasync import latency
+
+        URL = "https://api.test/items/7"
+
+        @pytest.fixture
+        def items(respx_mock):
+            # respx hands the named group to the side effect as a keyword argument
+            respx_mock.get(url__regex=r"https://api.test/items/(?P<item>[0-9]+)").mock(
+                side_effect=latency(0.1, status_code=201, json={"id": 7})
+            )
+
+        def fetch(url):
+            with httpx.Client() as client:
+                return client.get(url)
+
+        @pytest.mark.asyncio
+        async def test_sync_client_in_a_thread(items, djasync_fanout):
+            response = await asyncio.to_thread(fetch, URL)
+            assert (response.status_code, response.json()) == (201, {"id": 7})
+            [call] = djasync_fanout.calls
+            assert not call.is_async and call.duration >= 0.09
+
+        @pytest.mark.asyncio
+        async def test_async_client(items, djasync_fanout):
+            async with httpx.AsyncClient() as client:
+                response = await client.get(URL)
+            assert (response.status_code, response.json()) == (201, {"id": 7})
+            [call] = djasync_fanout.calls
+            assert call.is_async and call.duration >= 0.09
+        """
+    )
+    result, report = project.report()
+    result.assert_outcomes(passed=2)
+    assert [t["violations"] for t in report["tests"]] == [[], []]
+
+
+def test_latency_rejects_a_negative_delay() -> None:
+    with pytest.raises(ValueError, match=r"latency: -0\.1 is negative"):
+        pytest_djasync.latency(-0.1)

@@ -1,0 +1,145 @@
+"""Async-unsafe ORM use: each SynchronousOnlyOperation is a finding naming the line and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DjangoProject, violations
+
+MODELS = """
+from django.db import models
+
+
+class Author(models.Model):
+    name = models.CharField(max_length=50)
+
+
+class Post(models.Model):
+    title = models.CharField(max_length=50)
+    author = models.ForeignKey(Author, on_delete=models.CASCADE)
+"""
+
+VIEWS = """
+from django.db import transaction
+from django.http import HttpResponse
+from django.template import Context, Engine
+
+from tproj.models import Author, Post
+
+
+async def lazy_fk(request):
+    post = await Post.objects.aget(title="hello")
+    return HttpResponse(post.author.name)
+
+
+async def sync_queryset(request):
+    titles = [post.title for post in Post.objects.all()]
+    return HttpResponse(", ".join(titles))
+
+
+async def template_count(request):
+    template = Engine().from_string("{{ posts.count }} posts")
+    return HttpResponse(template.render(Context({"posts": Post.objects.all()})))
+
+
+async def atomic_block(request):
+    with transaction.atomic():
+        await Author.objects.acreate(name="x")
+    return HttpResponse("ok")
+
+
+async def fixed(request):
+    post = await Post.objects.select_related("author").aget(title="hello")
+    return HttpResponse(post.author.name)
+"""
+
+TESTS = """
+import pytest
+from django.core.exceptions import SynchronousOnlyOperation
+
+from tproj.models import Author, Post
+
+
+@pytest.fixture
+def post(transactional_db):
+    return Post.objects.create(title="hello", author=Author.objects.create(name="Ada"))
+
+
+@pytest.mark.parametrize("view", ["lazy_fk", "sync_queryset", "template_count", "atomic_block"])
+@pytest.mark.asyncio
+async def test_view(asgi_client, post, view):
+    await asgi_client.get(f"/{view}/")
+
+
+@pytest.mark.asyncio
+async def test_fixed(asgi_client, post):
+    assert (await asgi_client.get("/fixed/")).text == "Ada"
+
+
+@pytest.mark.asyncio
+async def test_expected_error(post):
+    with pytest.raises(SynchronousOnlyOperation):
+        Post.objects.get(title="hello")
+"""
+
+
+def line_of(source: str, text: str) -> int:
+    numbers = [n for n, line in enumerate(source.lstrip().splitlines(), 1) if text in line]
+    return numbers[0]  # the first: the broken view comes before its fix
+
+
+def test_each_async_unsafe_use_is_named_with_its_fix(django_project: DjangoProject) -> None:
+    django_project.module("tproj/models.py", MODELS)
+    django_project.views(VIEWS)
+    django_project.tests(TESTS)
+    result, report = django_project.report()
+    result.assert_outcomes(passed=2, failed=4)
+    expected = {
+        "lazy_fk": (
+            "lazy relation Post.author",
+            "(post.author.name)",
+            ".select_related('author')",
+        ),
+        "sync_queryset": ("QuerySet evaluated (__iter__)", "for post in", "async for"),
+        "template_count": ("QuerySet.count()", "template.render(", ".acount(...)"),
+        "atomic_block": ("transaction.atomic()", "with transaction.atomic()", "sync_to_async"),
+    }
+    for view, (what, line_text, fix) in expected.items():
+        [found] = violations(report, f"test_view[{view}]")
+        assert found["kind"] == "sync-only", view
+        assert found["message"].startswith(f"{what} on the event loop"), (view, found["message"])
+        assert found["location"] == {
+            "path": "tproj/views.py",
+            "line": line_of(VIEWS, line_text),
+            "function": view,
+        }
+        assert fix in found["fix"], (view, found["fix"])
+        assert found["request"] == f"GET /{view}/"
+    [caught] = violations(report, "test_expected_error")
+    assert caught["allowed"] is True
+    assert not violations(report, "test_fixed")
+
+
+def test_failure_names_the_relation_not_a_500(django_project: DjangoProject) -> None:
+    django_project.module("tproj/models.py", MODELS)
+    django_project.views(VIEWS)
+    django_project.tests(TESTS)
+    result = django_project.run("--djasync", "-k", "lazy_fk")
+    result.stdout.fnmatch_lines(
+        [
+            "*1. lazy relation Post.author on the event loop raised SynchronousOnlyOperation"
+            " at tproj/views.py:10 in lazy_fk",
+            "*return HttpResponse(post.author.name)",
+            "*while serving: GET /lazy_fk/",
+            "*fix: fetch it with the query: .select_related('author')*",
+        ]
+    )
+
+
+def test_unsafe_mode_is_warned_about_in_the_header(
+    django_project: DjangoProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    django_project.tests("def test_nothing():\n    pass\n")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    result = django_project.run("--djasync")
+    result.stdout.fnmatch_lines(["*WARNING DJANGO_ALLOW_ASYNC_UNSAFE is set*"])
