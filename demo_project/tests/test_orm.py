@@ -7,6 +7,7 @@ seeded rows therefore use ``transaction=True``.
 
 import pytest
 from django.core.exceptions import SynchronousOnlyOperation
+from expected import caught_by_djasync
 
 from shop.models import Post
 
@@ -35,6 +36,7 @@ async def test_post_detail_with_select_related(asgi_client, posts):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
+@caught_by_djasync("post.author is loaded lazily on the event loop")
 async def test_post_detail_lazy_relation_fails(asgi_client, posts, caplog):
     published, _draft = posts
 
