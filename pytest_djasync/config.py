@@ -34,6 +34,7 @@ class Settings:
     report: Setting[Path | None]
     guard: Setting[frozenset[str]]
     allow: Setting[tuple[str, ...]]
+    db_thread: Setting[bool]
 
     def header_lines(self) -> list[str]:
         state = "on" if self.enabled.value else "off (use --djasync to watch this run)"
@@ -43,6 +44,7 @@ class Settings:
             f"  block_ms={self.block_ms.value:g} [{self.block_ms.source}]",
             f"  report={self.report.value or 'none'} [{self.report.source}]",
             f"  guard={guards} [{self.guard.source}]",
+            f"  db_thread={'on' if self.db_thread.value else 'off'} [{self.db_thread.source}]",
         ]
         if self.allow.value:
             lines.append(f"  allow={', '.join(self.allow.value)} [{self.allow.source}]")
@@ -67,6 +69,12 @@ GUARD = _Option(
     f"blocking-call guards to arm: 'default' or any of {', '.join(GUARD_GROUPS)}"
     " ('file' is off by default)",
 )
+DB_THREAD = _Option(
+    "--djasync-db-thread",
+    "djasync_db_thread",
+    "run async tests' thread-sensitive work on one thread inside the test's transaction"
+    " (true; false restores pytest-django's own behaviour)",
+)
 ALLOW = _Option(
     "--djasync-allow",
     "djasync_allow",
@@ -83,14 +91,15 @@ _UNION_INI_TYPES = pytest.version_tuple >= (9, 2)
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("djasync", "async-safety checks for Django (pytest-djasync)")
     group.addoption(ENABLE.flag, action="store_true", default=None, help=ENABLE.help)
-    for option in (BLOCK_MS, REPORT, GUARD):
+    for option in (BLOCK_MS, REPORT, GUARD, DB_THREAD):
         group.addoption(option.flag, default=None, metavar="VALUE", help=option.help)
     group.addoption(ALLOW.flag, action="append", default=None, metavar="PATTERN", help=ALLOW.help)
     if _UNION_INI_TYPES:
         parser.addini(ENABLE.ini, ENABLE.help, type=str | bool, default="")
+        parser.addini(DB_THREAD.ini, DB_THREAD.help, type=str | bool, default="")
         parser.addini(BLOCK_MS.ini, BLOCK_MS.help, type=str | float, default="")
     else:  # pragma: no cover - pytest < 9.2
-        for option in (ENABLE, BLOCK_MS):
+        for option in (ENABLE, BLOCK_MS, DB_THREAD):
             parser.addini(option.ini, option.help, type="string", default="")
     for option in (REPORT, GUARD):
         parser.addini(option.ini, option.help, type="string", default="")
@@ -111,6 +120,7 @@ def resolve(config: pytest.Config) -> Settings:
         report=report,
         guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),
         allow=_pick(config, ALLOW, _parse_patterns, ()),
+        db_thread=_pick(config, DB_THREAD, parse_bool, True),
     )
 
 

@@ -127,7 +127,7 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
     # is called: awaited later inside asyncio.gather, its caller would be the event loop.
     @functools.wraps(original)
     def __call__(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        if _recorders:
+        if _recorders and _is_live(__call__):
             _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
         return original(self, *args, **kwargs)
 
@@ -137,7 +137,7 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
 def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: AsyncToSync[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        if _recorders:
+        if _recorders and _is_live(__call__):
             _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
         return original(self, *args, **kwargs)
 
@@ -145,11 +145,24 @@ def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _patches: list[patching.Patch] = []
+# Ours, left behind a patch someone laid over them while we counted (``monkeypatch.setattr`` in
+# a test body is undone only at teardown, after counting stopped): inert, undone once exposed.
+_stale: list[patching.Patch] = []
+
+
+def _is_live(wrapper: Any) -> bool:
+    # A stale wrapper that a later restore put back under a fresh one must not count twice.
+    return any(patch.wrapper is wrapper for patch in _patches)
+
+
+def _undo_stale() -> None:
+    _stale[:] = [patch for patch in _stale if not patch.undo()]
 
 
 def start(recorder: Recorder) -> Recorder:
     """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
     if not _patches:
+        _undo_stale()
         _patches.extend(
             (
                 patching.install(
@@ -170,8 +183,10 @@ def stop(recorder: Recorder) -> None:
         _recorders.remove(recorder)
     if not _recorders:
         for patch in reversed(_patches):
-            patch.undo()
+            if not patch.undo():
+                _stale.append(patch)
         _patches.clear()
+        _undo_stale()
 
 
 # -- attribution --------------------------------------------------------------------------------
@@ -225,7 +240,27 @@ def attribute(crossing: Crossing) -> tuple[str, str]:
         return "middleware", f"mode adapter around {type(func).__qualname__}"
     if _is_middleware(crossing.caller_self):
         return "middleware", f"mode adapter below {type(crossing.caller_self).__qualname__}"
-    return _by_caller(crossing)
+    if _is_chain_link(crossing.func):  # function middleware: no instance holds get_response
+        if not hasattr(owner, "load_middleware"):
+            return "middleware", f"mode adapter around {callable_name(func)}"
+        for code, _, module in crossing.callers:
+            if not module.startswith(_ASGIREF):
+                return "middleware", f"mode adapter below {module}.{_qualname(code)}"
+    origin, detail = _by_caller(crossing)
+    if origin == "signal":
+        return _signal(crossing, detail)
+    return origin, detail
+
+
+def _is_chain_link(func: Any) -> bool:
+    # convert_exception_to_response() wraps every link of the middleware chain; functools.wraps
+    # copies the wrapped callable's __module__, so ask the function's globals where it lives.
+    globals_ = getattr(func, "__globals__", None) or {}
+    return bool(globals_.get("__name__") == "django.core.handlers.exception")
+
+
+def _qualname(code: CodeType) -> str:
+    return getattr(code, "co_qualname", code.co_name)
 
 
 def _by_caller(crossing: Crossing) -> tuple[str, str]:
@@ -257,5 +292,62 @@ def _django_origin(module: str, function: str) -> str | None:
 
 def _django_detail(origin: str, crossing: Crossing, code: CodeType) -> str:
     if origin == "orm":
-        return getattr(code, "co_qualname", code.co_name)  # QuerySet.aget, Model.asave, ...
+        return _qualname(code)  # QuerySet.aget, Model.asave, ...
     return callable_name(crossing.func)
+
+
+_SIGNAL_MODULES = (
+    "django.core.signals",
+    "django.db.models.signals",
+    "django.db.backends.signals",
+    "django.test.signals",
+    "django.contrib.auth.signals",
+)
+
+
+def _signal(crossing: Crossing, detail: str) -> tuple[str, str]:
+    """Name the signal and receivers behind ``Signal.asend``'s (or ``send``'s) one adapter.
+
+    Django connects sync receivers of its own to ``request_started`` (``reset_queries``) and
+    ``request_finished``, so every request pays that hop whatever the project does: it is the
+    handler's, not a receiver the project could make async (on Django 4.2 the handler itself
+    wraps ``request_started.send`` in ``sync_to_async``).
+    """
+    cells = _closure(crossing.func)
+    kind = "sync" if "sync_receivers" in cells else "async"
+    receivers = cells.get(f"{kind}_receivers")
+    if not isinstance(receivers, list) or not receivers:
+        return "signal", detail
+    names = ", ".join(callable_name(receiver) for receiver in receivers)
+    what = f"{_signal_name(cells.get('self'), crossing)}: {kind} receivers {names}"
+    modules = (getattr(_unwrap(receiver), "__module__", None) or "" for receiver in receivers)
+    if any(module.startswith("django.") for module in modules):
+        return "handler", what
+    return "signal", what
+
+
+def _closure(func: Any) -> dict[str, Any]:
+    code = getattr(func, "__code__", None)
+    cells = getattr(func, "__closure__", None) or ()
+    if code is None:
+        return {}
+    found = {}
+    for name, cell in zip(code.co_freevars, cells, strict=False):
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    return found
+
+
+def _signal_name(signal: Any, crossing: Crossing) -> str:
+    """The signal's name in Django's signal modules or in a module that sent it."""
+    if signal is None:
+        return "a signal"
+    senders = (module for _, _, module in crossing.callers if not module.startswith(_ASGIREF))
+    for module_name in (*_SIGNAL_MODULES, *senders):
+        module = sys.modules.get(module_name)
+        for name, value in list(vars(module).items()) if module is not None else ():
+            if value is signal:
+                return name
+    return "a signal"

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from pytest_djasync import _compat, djangohooks, fanout, findings, markers, report, syncops
 from pytest_djasync import config as _config
-from pytest_djasync import djangohooks, fanout, findings, markers, report, syncops
 from pytest_djasync import fixtures as _fixtures
+from pytest_djasync.dbthread import DatabaseThread
 from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
 from pytest_djasync.session import Watch
 
@@ -58,6 +59,7 @@ class WatchHooks:
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
         config.stash[_fixtures.WATCH_KEY] = self.watch
         self._warmed = False
+        self.db_thread = DatabaseThread()
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:  # bad marker arguments are usage errors, found before anything runs
@@ -71,6 +73,28 @@ class WatchHooks:
 
     def _counts(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or markers.max_crossings(item) is not None
+
+    def _shares_db(self, item: pytest.Item) -> bool:
+        """An async test of pytest-asyncio's, in a watched run that shares the database."""
+        function = inspect.unwrap(getattr(item, "obj", None) or _test_code)
+        return (
+            self.settings.enabled.value
+            and self.settings.db_thread.value
+            and inspect.iscoroutinefunction(function)
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        result = yield
+        if fixturedef.argname == _compat.DJANGO_DB_HELPER_FIXTURE and self._shares_db(
+            request.node
+        ):
+            self.db_thread.share()
+            # Runs first at teardown: the test's transaction is rolled back on its own thread.
+            fixturedef.addfinalizer(self.db_thread.unshare)
+        return result
 
     def _records_fanout(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or markers.fanout(item) is not None
@@ -197,6 +221,7 @@ class WatchHooks:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.watch.stop()
+        self.db_thread.close()
         path = self.settings.report.value
         if path is not None:
             data = report.report_json(self.watch.records.values(), self.watch.block_ms, self.root)

@@ -1,0 +1,8 @@
+"""Every private name of Django, asgiref, pytest-django and pytest-asyncio the plugin relies on,
+in one place, so a release that renames one breaks one line."""
+
+from __future__ import annotations
+
+#: pytest-django's fixture behind ``db``, ``transactional_db`` and ``@pytest.mark.django_db``:
+#: once it is set up, the test's transaction is open on the main thread's connections.
+DJANGO_DB_HELPER_FIXTURE = "_django_db_helper"

@@ -1,0 +1,146 @@
+"""The database thread: an async test's thread-sensitive sync work, inside the test's transaction.
+
+Django connections are per thread. pytest-django opens a test's transaction on the main
+thread's connection, but an async test (pytest-asyncio) sends its ORM calls and the app's
+thread-sensitive sync work to asgiref's executor threads, whose own connections cannot see the
+transaction (pytest-django issue 580). While a test runs, this module sends all of that work to
+one thread that uses the main thread's connection objects, the way Django's
+``LiveServerTestCase`` shares an in-memory SQLite connection with its server thread:
+
+* ``SyncToAsync.single_thread_executor`` (sync work with no context) becomes that thread;
+* every ``ThreadSensitiveContext`` (one per request in Django's ``ASGIHandler``) maps to it too;
+* Django's ``close_old_connections`` receivers are disconnected, so a request's end does not
+  close the connection that holds the test's transaction;
+* ``CaptureQueriesContext`` (behind pytest-django's ``django_assert_num_queries``) opens on
+  the database thread when entered on the loop, where Django forbids touching the connection.
+
+``thread_sensitive=False`` work keeps running in other threads with connections of their own,
+as in production. Everything is undone when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import SyncToAsync
+
+from pytest_djasync import patching
+
+
+class _AllToOne(weakref.WeakKeyDictionary[Any, Executor]):
+    """``SyncToAsync.context_to_thread_executor`` stand-in: every context uses one executor.
+
+    An executor given explicitly (``ThreadSensitiveContext(executor=...)``) is still honoured;
+    ``pop`` never hands ours out, so asgiref never shuts it down when a context ends.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__()
+        self._executor = executor
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: Any) -> Executor:
+        return super().get(key, self._executor)
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        return super().pop(key, default)
+
+
+class DatabaseThread:
+    """Owns the one thread; ``share()`` for a test, ``unshare()`` after it."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="djasync-db")
+        self._patches: list[patching.Patch] = []
+        self._shared: dict[str, Any] = {}
+        self._signals = contextlib.ExitStack()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._patches)
+
+    def share(self) -> None:
+        """Route thread-sensitive work to the database thread, on the caller's connections."""
+        from django.db import connections
+
+        from pytest_djasync.djangohooks import test_client_signals
+
+        self._shared = {alias: connections[alias] for alias in connections}
+        for connection in self._shared.values():
+            connection.inc_thread_sharing()
+        self._executor.submit(_adopt, self._shared).result()
+        from django.test.utils import CaptureQueriesContext
+
+        self._patches = [
+            patching.install(SyncToAsync, "single_thread_executor", self._executor),
+            patching.install(SyncToAsync, "context_to_thread_executor", _AllToOne(self._executor)),
+            patching.install(
+                CaptureQueriesContext,
+                "__enter__",
+                self._entered_here(CaptureQueriesContext.__enter__),
+            ),
+        ]
+        self._signals.enter_context(test_client_signals())
+
+    def _entered_here(self, enter: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``CaptureQueriesContext.__enter__`` that, on a running loop, enters on this thread.
+
+        On the loop Django forbids opening the connection, and ``django.db.connection`` would
+        name the loop's own connection, not the shared one: bind the shared one, then enter.
+        """
+        executor = self._executor
+
+        @functools.wraps(enter)
+        def __enter__(context: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return enter(context)
+            return executor.submit(_bind_and_enter, enter, context).result()
+
+        return __enter__
+
+    def unshare(self) -> None:
+        self._signals.close()
+        for patch in reversed(self._patches):
+            patch.undo()
+        self._patches.clear()
+        self._executor.submit(_release, list(self._shared)).result()
+        for connection in self._shared.values():
+            connection.dec_thread_sharing()
+        self._shared.clear()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _adopt(shared: dict[str, Any]) -> None:
+    from django.db import connections
+
+    for alias, connection in shared.items():
+        connections[alias] = connection
+
+
+def _release(aliases: list[str]) -> None:
+    from django.db import connections
+
+    for alias in aliases:
+        with contextlib.suppress(AttributeError):  # never adopted: nothing to give back
+            del connections[alias]
+
+
+def _bind_and_enter(enter: Callable[[Any], Any], context: Any) -> Any:
+    from django.db import connections
+
+    alias = vars(context.connection).get("_alias")  # a ConnectionProxy names its alias
+    if alias is not None:
+        context.connection = connections[alias]
+    return enter(context)

@@ -1,0 +1,768 @@
+"""Sync/async crossings: exact counts per request, who caused each one, budgets, restoration.
+
+Each test builds a real Django project and runs its suite in a subprocess. The counts come
+from reasoning about Django's request path, and each expected number says where its crossings
+come from:
+
+* ``ASGIHandler.handle`` pays two hops per request whatever the project does:
+  ``request_started.asend()`` runs Django's own sync receiver (``reset_queries``) behind one
+  ``sync_to_async``, and ``response.close()`` (which sends ``request_finished``) runs through
+  another. (Django 4.2 wraps ``request_started.send`` itself, so it is one hop there too.)
+* ``BaseHandler.load_middleware`` puts one adapter (``adapt_method_mode``) on every boundary
+  between a sync and an async link of the chain, counting the handler's async top and bottom.
+* ``MiddlewareMixin.__acall__`` runs each ``process_request`` / ``process_response`` hook
+  through ``sync_to_async``; ``process_view`` is adapted once by ``load_middleware``.
+* a sync view is one ``sync_to_async`` in ``_get_response_async``; each async ORM call is one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+import textwrap
+from typing import Any, NamedTuple
+
+import django
+import pytest
+
+from tests.conftest import DjangoProject
+
+# request_started's sync receivers and response.close: the two hops of every ASGI request.
+if django.VERSION >= (5, 0):
+    STARTED = "handler: request_started: sync receivers django.db.reset_queries"
+    STARTED_BY_TEST_CLIENT = STARTED
+else:  # Django 4.2 wraps Signal.send itself, in the handler or in the test client
+    STARTED = "handler: Signal.send"
+    STARTED_BY_TEST_CLIENT = "test-client: Signal.send"
+S2A = "[sync_to_async, thread_sensitive]"
+A2S = "[async_to_sync, new loop]"
+CLOSED = f"handler: HttpResponse.close {S2A}"
+# A caller is named from its code object, which knows its qualified name from Python 3.11 on.
+QUALIFIED = sys.version_info >= (3, 11)
+
+VIEWS = """
+from django.http import HttpResponse, StreamingHttpResponse
+
+from tproj.models import Item
+
+
+async def hello(request):
+    return HttpResponse("hello")
+
+
+def plain(request):
+    return HttpResponse("plain")
+
+
+async def reads(request):
+    first = await Item.objects.aget(name="a")
+    count = await Item.objects.acount()
+    names = [item.name async for item in Item.objects.order_by("name")]
+    exists = await Item.objects.filter(name="b").aexists()
+    last = await Item.objects.order_by("name").alast()
+    return HttpResponse(f"{first.name} {count} {','.join(names)} {exists} {last.name}")
+
+
+async def streams(request):
+    async def chunks():
+        yield b"a"
+        yield b"b"
+
+    return StreamingHttpResponse(chunks())
+"""
+
+MIDDLEWARE = """
+from asgiref.sync import markcoroutinefunction
+from django.utils.decorators import sync_only_middleware
+
+
+class _AsyncOnly:
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        return await self.get_response(request)
+
+
+class _SyncOnly:
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+
+class AsyncOne(_AsyncOnly):
+    pass
+
+
+class AsyncTwo(_AsyncOnly):
+    pass
+
+
+class AsyncThree(_AsyncOnly):
+    pass
+
+
+class SyncOne(_SyncOnly):
+    pass
+
+
+class SyncTwo(_SyncOnly):
+    pass
+
+
+class SyncThree(_SyncOnly):
+    pass
+
+
+@sync_only_middleware
+def sync_one(get_response):
+    def middleware(request):
+        return get_response(request)
+
+    return middleware
+
+
+@sync_only_middleware
+def sync_two(get_response):
+    def middleware(request):
+        return get_response(request)
+
+    return middleware
+
+
+@sync_only_middleware
+def sync_three(get_response):
+    def middleware(request):
+        return get_response(request)
+
+    return middleware
+"""
+
+# Prints every crossing of a test as the failure text would list it; run with -s to read them.
+CONFTEST = """
+import pytest
+
+
+@pytest.fixture
+def show(djasync_crossings, request):
+    yield djasync_crossings
+    for crossing in djasync_crossings:
+        print(f"CROSSING {request.node.name} | {crossing.line()}")
+"""
+
+M = "tproj.middleware."
+SYNC_CHAIN = [f"{M}SyncOne", f"{M}SyncTwo", f"{M}SyncThree"]
+DEFAULT_STACK = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+# Each process_request / process_response hook is one sync_to_async in __acall__.
+DEFAULT_STACK_HOOKS = [
+    "SecurityMiddleware.process_request",
+    "SessionMiddleware.process_request",
+    "CommonMiddleware.process_request",
+    "CsrfViewMiddleware.process_request",
+    "AuthenticationMiddleware.process_request",
+    "MessageMiddleware.process_request",
+    "CsrfViewMiddleware.process_view",  # adapted by load_middleware, run by _get_response_async
+    "XFrameOptionsMiddleware.process_response",
+    "MessageMiddleware.process_response",
+    "CsrfViewMiddleware.process_response",
+    "CommonMiddleware.process_response",
+    "SessionMiddleware.process_response",
+    "SecurityMiddleware.process_response",
+]
+DEFAULT_STACK_LINES = [
+    f"{STARTED} {S2A}",
+    *(f"middleware: {hook} (MiddlewareMixin hook) {S2A}" for hook in DEFAULT_STACK_HOOKS),
+    CLOSED,
+]
+# A generous stall threshold: these tests count hops, they must not trip on a slow machine.
+REPORT_ARGS = ("-s", "--djasync-block-ms=5000")
+
+
+class Counted(NamedTuple):
+    total: int
+    by_origin: dict[str, int]
+    lines: list[str]
+
+
+def project(django_project: DjangoProject, settings: str = "") -> DjangoProject:
+    django_project.views(VIEWS)
+    django_project.module("tproj/middleware.py", MIDDLEWARE)
+    django_project.module("conftest.py", CONFTEST)
+    django_project.settings('INSTALLED_APPS += ["django.contrib.messages"]\n' + settings)
+    return django_project
+
+
+def counted(report: dict[str, Any], stdout: str, test: str) -> Counted:
+    """The report's count for the test whose node id ends with ``test``, and its printed lines
+    (from ``show``; both recorders saw the same crossings)."""
+    [entry] = [e for e in report["tests"] if e["nodeid"].endswith(test)]
+    name = test.rpartition("::")[2]
+    prefix = f"CROSSING {name} | "
+    # -s: the first one may share its line with the test's progress dot
+    lines = [line.partition(prefix)[2] for line in stdout.splitlines() if prefix in line]
+    total, by_origin = entry["crossings"]["total"], entry["crossings"]["by_origin"]
+    if lines:
+        assert len(lines) == total, (lines, entry)
+    return Counted(total, by_origin, lines)
+
+
+def assert_lines(lines: list[str], expected: list[str], request: str | None) -> None:
+    """Every crossing, in order, matches its pattern (``*`` is a wildcard, ``[`` is literal)."""
+    suffix = f" while serving {request}" if request else ""
+    patterns = [(pattern + suffix).replace("[", "[[]") for pattern in expected]
+    assert len(lines) == len(patterns), "\n".join(lines)
+    for line, pattern in zip(lines, patterns, strict=True):
+        assert fnmatch.fnmatchcase(line, pattern), f"{line!r} !~ {pattern!r}"
+
+
+def one_request(
+    django_project: DjangoProject, middleware: list[str], path: str = "/hello/"
+) -> Counted:
+    """Serve one GET through ``asgi_client`` with ``middleware``; count it under --djasync."""
+    project(django_project, f"MIDDLEWARE = {middleware!r}\n")
+    django_project.tests(
+        f"""
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_request(asgi_client, show):
+            assert (await asgi_client.get("{path}")).status_code == 200
+        """
+    )
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=1)
+    return counted(report, result.stdout.str(), "test_request")
+
+
+def line_of(source: str, text: str) -> int:
+    lines = textwrap.dedent(source).lstrip().splitlines()
+    [number] = [n for n, line in enumerate(lines, 1) if text in line]
+    return number
+
+
+# -- the shape of the middleware chain ------------------------------------------------------------
+
+
+def test_async_view_behind_async_only_middleware(django_project: DjangoProject) -> None:
+    found = one_request(django_project, [f"{M}AsyncOne", f"{M}AsyncTwo"])
+    # 1 request_started (sync receivers via asend) + 1 response.close; no adapter in the chain
+    assert found[:2] == (2, {"handler": 2})
+    assert_lines(found.lines, [f"{STARTED} {S2A}", CLOSED], "GET /hello/")
+
+
+@pytest.mark.parametrize(
+    ("middleware", "around", "below"),
+    [
+        pytest.param(SYNC_CHAIN, "SyncOne", "SyncThree", id="classes"),
+        pytest.param(
+            [f"{M}sync_one", f"{M}sync_two", f"{M}sync_three"],
+            "tproj.middleware.sync_one.<locals>.middleware",
+            f"tproj.middleware.{'sync_three.<locals>.' if QUALIFIED else ''}middleware",
+            id="functions",
+        ),
+    ],
+)
+def test_async_view_behind_three_sync_only_middlewares(
+    django_project: DjangoProject, middleware: list[str], around: str, below: str
+) -> None:
+    found = one_request(django_project, middleware)
+    # 1 request_started + 1 sync_to_async from the async handler into the sync chain (around the
+    # first) + 1 async_to_sync out of it to the async view (below the third) + 1 response.close;
+    # sync middleware calling sync middleware costs nothing
+    assert found[:2] == (4, {"middleware": 2, "handler": 2})
+    expected = [
+        f"{STARTED} {S2A}",
+        f"middleware: mode adapter around {around} {S2A}",
+        f"middleware: mode adapter below {below} {A2S}",
+        CLOSED,
+    ]
+    assert_lines(found.lines, expected, "GET /hello/")
+
+
+def test_async_view_behind_alternating_middleware(django_project: DjangoProject) -> None:
+    chain = ["SyncOne", "AsyncOne", "SyncTwo", "AsyncTwo", "SyncThree", "AsyncThree"]
+    found = one_request(django_project, [M + name for name in chain])
+    # 1 request_started + 6 adapters, one per sync/async boundary (handler->SyncOne, SyncOne->
+    # AsyncOne, ..., SyncThree->AsyncThree; AsyncThree->view is async to async) + 1 response.close
+    assert found[:2] == (8, {"middleware": 6, "handler": 2})
+    adapters = [
+        f"middleware: mode adapter around {name} {A2S if name.startswith('Async') else S2A}"
+        for name in chain
+    ]
+    assert_lines(found.lines, [f"{STARTED} {S2A}", *adapters, CLOSED], "GET /hello/")
+
+
+def test_async_view_behind_djangos_default_stack(django_project: DjangoProject) -> None:
+    found = one_request(django_project, DEFAULT_STACK)
+    # 1 request_started + 6 process_request + 1 process_view (CSRF) + 6 process_response hooks
+    # (MiddlewareMixin runs every hook through sync_to_async) + 1 response.close = 15
+    assert found[:2] == (15, {"middleware": 13, "handler": 2})
+    assert_lines(found.lines, DEFAULT_STACK_LINES, "GET /hello/")
+
+
+def test_sync_view_without_middleware(django_project: DjangoProject) -> None:
+    found = one_request(django_project, [], path="/plain/")
+    # 1 request_started + 1 sync_to_async around the view in _get_response_async + 1 close
+    assert found[:2] == (3, {"view": 1, "handler": 2})
+    assert_lines(
+        found.lines, [f"{STARTED} {S2A}", f"view: tproj.views.plain {S2A}", CLOSED], "GET /plain/"
+    )
+
+
+def test_async_view_with_five_async_orm_reads(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.tests(
+        """
+        import pytest
+
+        from tproj.models import Item
+
+
+        @pytest.fixture
+        def items(transactional_db):
+            Item.objects.bulk_create([Item(name="a"), Item(name="b")])
+
+
+        @pytest.mark.django_db(transaction=True)
+        @pytest.mark.asyncio
+        async def test_request(asgi_client, items, show):
+            response = await asgi_client.get("/reads/")
+            assert response.text == "a 2 a,b True b"
+        """
+    )
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=1)
+    found = counted(report, result.stdout.str(), "test_request")
+    # 1 request_started + aget, acount, async for (one fetch of all rows), aexists, alast: one
+    # sync_to_async each + 1 response.close
+    assert found[:2] == (7, {"orm": 5, "handler": 2})
+    reads = ["aget", "acount", "__aiter__.<locals>.generator", "aexists", "alast"]
+    if not QUALIFIED:
+        reads = [read.rpartition(".")[2] for read in reads]
+    queryset = "QuerySet." if QUALIFIED else ""
+    expected = [f"{STARTED} {S2A}", *(f"orm: {queryset}{r} {S2A}" for r in reads), CLOSED]
+    assert_lines(found.lines, expected, "GET /reads/")
+
+
+# -- the user's own adapters ----------------------------------------------------------------------
+
+USER_TESTS = """
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+
+
+def work():
+    return 1
+
+
+async def awork():
+    return 2
+
+
+@pytest.mark.asyncio
+async def test_async_body(show):
+    assert await sync_to_async(work)() == 1
+    for _ in range(2):
+        assert await sync_to_async(work, thread_sensitive=False)() == 1
+
+
+def test_sync_body(show):
+    assert async_to_sync(awork)() == 2
+"""
+
+
+def test_users_own_adapters_are_attributed_to_their_line(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.tests(USER_TESTS)
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=2)
+    stdout = result.stdout.str()
+    here = "*/test_scenario.py"
+    first = line_of(USER_TESTS, "sync_to_async(work)()")
+    loop = line_of(USER_TESTS, "thread_sensitive=False")
+    found = counted(report, stdout, "test_async_body")
+    # 1 sync_to_async + 2 more in the loop, each one hop of its own
+    assert found[:2] == (3, {"user": 3})
+    expected = [
+        f"user: test_scenario.work at {here}:{first} {S2A}",
+        f"user: test_scenario.work at {here}:{loop} [sync_to_async, any thread]",
+        f"user: test_scenario.work at {here}:{loop} [sync_to_async, any thread]",
+    ]
+    assert_lines(found.lines, expected, None)
+    found = counted(report, stdout, "test_sync_body")
+    # 1 async_to_sync: a new event loop in a new thread for one coroutine
+    assert found[:2] == (1, {"user": 1})
+    line = line_of(USER_TESTS, "async_to_sync(awork)()")
+    assert_lines(found.lines, [f"user: test_scenario.awork at {here}:{line} {A2S}"], None)
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+BUDGET_TESTS = f"""
+import pytest
+
+DEFAULT_STACK = {DEFAULT_STACK!r}
+SYNC_CHAIN = {SYNC_CHAIN!r}
+
+
+@pytest.mark.djasync_max_crossings(15)
+@pytest.mark.asyncio
+async def test_default_stack_at_budget(asgi_client, settings):
+    settings.MIDDLEWARE = DEFAULT_STACK
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.djasync_max_crossings(14)
+@pytest.mark.asyncio
+async def test_default_stack_over_budget(asgi_client, settings):
+    settings.MIDDLEWARE = DEFAULT_STACK
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.djasync_max_crossings(4)
+@pytest.mark.asyncio
+async def test_sync_chain_at_budget(asgi_client, settings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.djasync_max_crossings(3)
+@pytest.mark.asyncio
+async def test_sync_chain_over_budget(asgi_client, settings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    assert (await asgi_client.get("/hello/")).status_code == 200
+"""
+
+
+def test_marker_passes_at_the_exact_count_and_fails_one_below(
+    django_project: DjangoProject,
+) -> None:
+    project(django_project)
+    django_project.tests(BUDGET_TESTS)
+    result = django_project.run()  # no --djasync: the marker alone turns counting on
+    result.assert_outcomes(passed=2, failed=2)
+    s2a, a2s = "?sync_to_async, thread_sensitive?", "?async_to_sync, new loop?"
+    served = " while serving GET /hello/"
+    result.stdout.fnmatch_lines(
+        [
+            "*test_default_stack_over_budget*",
+            "pytest-djasync: 15 sync/async crossings in this test's call phase,"
+            " more than the 14 allowed",
+            f"  1. {STARTED} {s2a}{served}",
+            f"  2. middleware: SecurityMiddleware.process_request (MiddlewareMixin hook) {s2a}*",
+            "  8. middleware: CsrfViewMiddleware.process_view (MiddlewareMixin hook) *",
+            f" 15. handler: HttpResponse.close {s2a}{served}",
+            "13 of them avoidable:",
+            "  - replace the MiddlewareMixin hook with an async-capable middleware:"
+            " each hook costs a hop per request (13x)",
+            "*test_sync_chain_over_budget*",
+            "pytest-djasync: 4 sync/async crossings in this test's call phase,"
+            " more than the 3 allowed",
+            f"  1. {STARTED} *",
+            f"  2. middleware: mode adapter around SyncOne {s2a}{served}",
+            f"  3. middleware: mode adapter below SyncThree {a2s}{served}",
+            "  4. handler: HttpResponse.close *",
+            "2 of them avoidable:",
+            "  - make the middleware async-capable (*) so Django needs no adapter around it (2x)",
+        ]
+    )
+    # Every crossing is listed: 15 numbered lines for the stack, 4 for the chain.
+    numbered = [line for line in result.stdout.lines if re.match(r" *\d+\. ", line)]
+    assert len(numbered) == 15 + 4, numbered
+
+
+FIXTURE_TESTS = f"""
+import pytest
+
+SYNC_CHAIN = {SYNC_CHAIN!r}
+
+
+@pytest.mark.asyncio
+async def test_block_at_budget(asgi_client, settings, djasync_assert_max_crossings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    with djasync_assert_max_crossings(4) as block:
+        assert (await asgi_client.get("/hello/")).status_code == 200
+    assert block.total == 4
+
+
+@pytest.mark.asyncio
+async def test_block_over_budget(asgi_client, settings, djasync_assert_max_crossings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    with djasync_assert_max_crossings(3):
+        assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_recorder(asgi_client, settings, djasync_crossings, djasync_assert_max_crossings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    with djasync_assert_max_crossings(4) as block:
+        await asgi_client.get("/hello/")
+    await asgi_client.get("/hello/")  # outside the block: the test's recorder only
+    assert block.total == 4
+    assert djasync_crossings.total == len(djasync_crossings) == 8
+    assert djasync_crossings.by_origin() == {{"middleware": 4, "handler": 4}}
+    assert djasync_crossings.by_request() == {{"GET /hello/": 8}}
+    assert [(c.origin, c.direction, c.thread_sensitive) for c in block.crossings] == [
+        ("handler", "sync_to_async", True),  # request_started
+        ("middleware", "sync_to_async", True),  # into the sync chain
+        ("middleware", "async_to_sync", False),  # out of it; a new loop, no thread affinity
+        ("handler", "sync_to_async", True),  # response.close
+    ]
+    assert [c.detail for c in block.crossings][1:3] == [
+        "mode adapter around SyncOne",
+        "mode adapter below SyncThree",
+    ]
+"""
+
+
+def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.tests(FIXTURE_TESTS)
+    result = django_project.run()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_block_over_budget*",
+            "pytest-djasync: 4 sync/async crossings in the block, more than the 3 allowed",
+            "  3. middleware: mode adapter below SyncThree *",
+            "2 of them avoidable:",
+        ]
+    )
+
+
+# -- stability, and asgi_client against Django's AsyncClient --------------------------------------
+
+CLIENT_TESTS = f"""
+import pytest
+from django.test import AsyncClient
+
+DEFAULT_STACK = {DEFAULT_STACK!r}
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+@pytest.mark.asyncio
+async def test_repeat(asgi_client, settings, run):
+    settings.MIDDLEWARE = DEFAULT_STACK
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_two_requests(asgi_client, settings):
+    settings.MIDDLEWARE = DEFAULT_STACK
+    for _ in range(2):
+        assert (await asgi_client.get("/hello/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_django_async_client(settings, show):
+    settings.MIDDLEWARE = DEFAULT_STACK
+    assert (await AsyncClient().get("/hello/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_asgi_client_streaming(asgi_client, show):
+    async with asgi_client.stream("GET", "/streams/") as response:
+        assert [chunk async for chunk in response.aiter_raw()] == [b"a", b"b"]
+
+
+@pytest.mark.asyncio
+async def test_django_async_client_streaming(show):
+    response = await AsyncClient().get("/streams/")
+    assert [chunk async for chunk in response.streaming_content] == [b"a", b"b"]
+"""
+
+
+def test_counts_are_stable_and_match_djangos_async_client(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.tests(CLIENT_TESTS)
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=7)
+    stdout = result.stdout.str()
+    # The same request costs the same in every run, the session's first included.
+    for run in (1, 2, 3):
+        found = counted(report, stdout, f"test_repeat[{run}]")
+        assert found[:2] == (15, {"middleware": 13, "handler": 2}), run
+    # Per request: two requests in one test are exactly twice one.
+    assert counted(report, stdout, "test_two_requests")[:2] == (
+        30,
+        {"middleware": 26, "handler": 4},
+    )
+
+    # AsyncClient runs the same middleware chain and view with the same hops, so the total is
+    # the same. What differs is who makes the last one: its AsyncClientHandler, not
+    # ASGIHandler, calls response.close() via sync_to_async(thread_sensitive=False).
+    found = counted(report, stdout, "test_django_async_client")
+    if django.VERSION >= (5, 0):
+        assert found[:2] == (15, {"middleware": 13, "handler": 1, "test-client": 1})
+    else:  # and on 4.2 the request_started hop too
+        assert found[:2] == (15, {"middleware": 13, "test-client": 2})
+    assert found.lines[0].startswith(STARTED_BY_TEST_CLIENT)
+    assert_lines(found.lines[1:-1], DEFAULT_STACK_LINES[1:-1], "GET /hello/")
+    assert found.lines[-1] == (
+        "test-client: HttpResponse.close [sync_to_async, any thread] while serving GET /hello/"
+    )
+
+    # Streaming responses do differ. ASGIHandler still closes the response through
+    # sync_to_async once the body is sent: 1 request_started + 1 response.close.
+    found = counted(report, stdout, "test_asgi_client_streaming")
+    assert found[:2] == (2, {"handler": 2})
+    expected = [f"{STARTED} {S2A}", f"handler: StreamingHttpResponse.close {S2A}"]
+    assert_lines(found.lines, expected, "GET /streams/")
+    # AsyncClient wraps the stream instead and calls close() inline, on the test's loop, when
+    # the test has read it: only the request_started hop is left.
+    found = counted(report, stdout, "test_django_async_client_streaming")
+    assert found.total == 1
+    assert found.lines[0].startswith(STARTED_BY_TEST_CLIENT)
+
+
+# -- leaving asgiref as it was --------------------------------------------------------------------
+
+RESTORE_TESTS = """
+import pytest
+from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync, sync_to_async
+
+# Collected before any test runs, so before anything was counted.
+ORIGINAL = {cls: vars(cls)["__call__"] for cls in (SyncToAsync, AsyncToSync)}
+
+
+def work():
+    return 1
+
+
+def assert_original():
+    for cls, original in ORIGINAL.items():
+        assert vars(cls)["__call__"] is original, cls
+
+
+@pytest.mark.djasync_max_crossings(2)
+def test_marked():
+    assert vars(SyncToAsync)["__call__"] is not ORIGINAL[SyncToAsync]  # counting now
+    assert async_to_sync(sync_to_async(work))() == 1
+
+
+def test_after_marked():
+    assert_original()
+
+
+def test_fixture(djasync_crossings):
+    assert async_to_sync(sync_to_async(work))() == 1
+    assert djasync_crossings.total == 2
+
+
+def test_after_fixture():
+    assert_original()
+
+
+@pytest.mark.djasync_max_crossings(1)
+@pytest.mark.asyncio
+async def test_patched_over_ours_in_the_body(monkeypatch):
+    # monkeypatch undoes this at teardown, after counting stopped: ours is left behind it.
+    ours = vars(SyncToAsync)["__call__"]
+    monkeypatch.setattr(SyncToAsync, "__call__", lambda self, *a, **k: ours(self, *a, **k))
+    assert await sync_to_async(work)() == 1
+
+
+@pytest.mark.djasync_max_crossings(1)
+@pytest.mark.asyncio
+async def test_left_behind_wrapper_does_not_count_twice(djasync_crossings):
+    assert await sync_to_async(work)() == 1
+    assert djasync_crossings.total == 1
+
+
+def test_after_all():
+    assert_original()
+"""
+
+USER_PATCH_CONFTEST = (
+    CONFTEST
+    + """
+
+from asgiref.sync import AsyncToSync, SyncToAsync
+
+SEEN = []
+
+
+def _counting(cls):
+    original = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        SEEN.append(cls.__name__)
+        return original(self, *args, **kwargs)
+
+    cls.__call__ = __call__
+    return __call__
+
+
+# An APM agent or a project's own counter: installed before the session starts.
+USER_PATCHES = {cls: _counting(cls) for cls in (SyncToAsync, AsyncToSync)}
+"""
+)
+
+USER_PATCH_TESTS = """
+import pytest
+from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync, sync_to_async
+
+from conftest import SEEN, USER_PATCHES
+
+
+def work():
+    return 1
+
+
+async def awork():
+    return 2
+
+
+@pytest.mark.djasync_max_crossings(3)
+@pytest.mark.asyncio
+async def test_counted_through_the_user_patch(asgi_client, djasync_crossings):
+    ours = vars(SyncToAsync)["__call__"]
+    assert ours is not USER_PATCHES[SyncToAsync]
+    assert ours.__wrapped__ is USER_PATCHES[SyncToAsync]  # chained in front of theirs
+    before = len(SEEN)
+    assert (await asgi_client.get("/hello/")).status_code == 200
+    assert await sync_to_async(work)() == 1
+    assert SEEN[before:] == ["SyncToAsync"] * 3  # theirs saw every call too
+    assert djasync_crossings.by_origin() == {"handler": 2, "user": 1}
+
+
+def test_user_patch_is_back_and_still_works():
+    for cls, theirs in USER_PATCHES.items():
+        assert vars(cls)["__call__"] is theirs, cls
+    before = len(SEEN)
+    assert async_to_sync(sync_to_async(work))() == 1
+    assert SEEN[before:] == ["AsyncToSync", "SyncToAsync"]
+"""
+
+
+def test_asgiref_is_restored_after_counting(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.tests(RESTORE_TESTS)
+    result = django_project.run()  # no --djasync: only the marked tests and the fixtures count
+    result.assert_outcomes(passed=7)
+
+
+def test_a_users_own_patch_is_chained_not_clobbered(django_project: DjangoProject) -> None:
+    project(django_project)
+    django_project.module("conftest.py", USER_PATCH_CONFTEST)
+    django_project.tests(USER_PATCH_TESTS)
+    result = django_project.run()
+    result.assert_outcomes(passed=2)

@@ -1,0 +1,188 @@
+"""The database thread: async tests see, and roll back, the test's own transaction.
+
+Every scenario runs on SQLite and, when a server can be reached, on PostgreSQL (``.ci/run``
+starts one; locally set ``PGHOST`` and friends). Each runs first without ``--djasync`` to show
+the problem is real (pytest-django issue 580), then with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import DjangoProject
+
+VIEWS = """
+from django.http import JsonResponse
+
+from tproj.models import Item
+
+
+async def names(request):
+    return JsonResponse({"names": [item.name async for item in Item.objects.order_by("name")]})
+
+
+async def add(request):
+    await Item.objects.acreate(name=request.GET["name"])
+    return JsonResponse({"count": await Item.objects.acount()})
+"""
+
+TESTS = """
+import pytest
+from django.test import AsyncClient
+
+from tproj.models import Item
+
+LOOP = {loop!r}
+
+
+@pytest.fixture
+def seeded(db):
+    Item.objects.create(name="seed")
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_1_asgi_client_sees_the_fixture_rows(asgi_client, seeded):
+    assert (await asgi_client.get("/names/")).json() == {{"names": ["seed"]}}
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_2_async_client_sees_the_fixture_rows(seeded):
+    assert (await AsyncClient().get("/names/")).json() == {{"names": ["seed"]}}
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+@pytest.mark.django_db
+async def test_3_writes_from_the_view_and_the_test(asgi_client):
+    await asgi_client.get("/add/", params={{"name": "from-view"}})
+    await Item.objects.acreate(name="from-test")
+    assert await Item.objects.acount() == 2
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+@pytest.mark.django_db
+async def test_4_nothing_leaked_from_the_previous_test():
+    assert await Item.objects.acount() == 0
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_5_num_queries_sees_the_views_queries(
+    asgi_client, seeded, django_assert_num_queries
+):
+    with django_assert_num_queries(1):
+        await asgi_client.get("/names/")
+"""
+
+
+def _postgres_reachable() -> str | None:
+    """``None`` when a PostgreSQL server answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'pytest-djasync[postgres]')"
+    try:
+        psycopg.connect(
+            host=os.environ.get("PGHOST", "127.0.0.1"),
+            port=os.environ.get("PGPORT", "5432"),
+            user=os.environ.get("PGUSER", "postgres"),
+            password=os.environ.get("PGPASSWORD", "postgres"),
+            dbname="postgres",
+            connect_timeout=2,
+        ).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL server reachable: {exc}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgres":
+        why_not = _postgres_reachable()
+        if why_not:
+            pytest.skip(why_not)
+        monkeypatch.setenv("DJASYNC_DB", "postgres")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("loop", ["function", "module"])
+def test_async_tests_share_the_test_transaction(
+    django_project: DjangoProject, database: str, loop: str
+) -> None:
+    django_project.views(VIEWS)
+    django_project.tests(TESTS.format(loop=loop))
+    result = django_project.run("--djasync", "-p", "no:randomly", "-W", "error::RuntimeWarning")
+    result.assert_outcomes(passed=5)
+    output = result.stdout.str() + result.stderr.str()
+    assert "being accessed by other users" not in output
+
+
+def test_without_the_plugin_the_problem_is_real(django_project: DjangoProject) -> None:
+    """The same suite, plain pytest-django: seeded rows unseen, writes leaked, queries missed."""
+    django_project.views(VIEWS)
+    django_project.tests(TESTS.format(loop="function"))
+    result = django_project.run("-p", "no:randomly")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 3, result.stdout.str()
+
+
+def test_the_ini_switch_turns_it_off(django_project: DjangoProject) -> None:
+    django_project.views(VIEWS)
+    django_project.tests(TESTS.format(loop="function"))
+    django_project.ini("djasync_db_thread = false")
+    result = django_project.run("--djasync", "-p", "no:randomly")
+    assert result.parseoutcomes().get("failed", 0) >= 3
+    result.stdout.fnmatch_lines(["*db_thread=off [[]djasync_db_thread in pytest.ini]*"])
+
+
+def test_thread_insensitive_work_keeps_its_own_thread(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import threading
+
+        import pytest
+        from asgiref.sync import sync_to_async
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_threads():
+            name = threading.current_thread
+            sensitive = await sync_to_async(lambda: name().name)()
+            free = await sync_to_async(lambda: name().name, thread_sensitive=False)()
+            assert sensitive.startswith("djasync-db")
+            assert not free.startswith("djasync-db")
+        """
+    )
+    django_project.run("--djasync").assert_outcomes(passed=1)
+
+
+def test_asgiref_and_django_are_restored_after_the_test(django_project: DjangoProject) -> None:
+    django_project.tests(
+        """
+        import pytest
+        from asgiref.sync import SyncToAsync
+        from django.test.utils import CaptureQueriesContext
+
+        ORIGINAL = (
+            SyncToAsync.single_thread_executor,
+            vars(SyncToAsync)["context_to_thread_executor"],
+            vars(CaptureQueriesContext)["__enter__"],
+        )
+
+        def now():
+            return (
+                SyncToAsync.single_thread_executor,
+                vars(SyncToAsync)["context_to_thread_executor"],
+                vars(CaptureQueriesContext)["__enter__"],
+            )
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_1_shares():
+            assert now() != ORIGINAL
+
+        def test_2_restored():
+            assert now() == ORIGINAL
+        """
+    )
+    django_project.run("--djasync", "-p", "no:randomly").assert_outcomes(passed=2)
