@@ -35,6 +35,9 @@ class Settings:
     guard: Setting[frozenset[str]]
     allow: Setting[tuple[str, ...]]
     db_thread: Setting[bool]
+    mode: Setting[str]  # "fail" or "warn"
+    baseline: Setting[Path | None]
+    baseline_write: bool = False
 
     def header_lines(self) -> list[str]:
         state = "on" if self.enabled.value else "off (use --djasync to watch this run)"
@@ -46,6 +49,11 @@ class Settings:
             f"  guard={guards} [{self.guard.source}]",
             f"  db_thread={'on' if self.db_thread.value else 'off'} [{self.db_thread.source}]",
         ]
+        if self.mode.value != "fail":
+            lines.append(f"  mode={self.mode.value} [{self.mode.source}]")
+        if self.baseline.value is not None:
+            write = " (rewriting it)" if self.baseline_write else ""
+            lines.append(f"  baseline={self.baseline.value}{write} [{self.baseline.source}]")
         if self.allow.value:
             lines.append(f"  allow={', '.join(self.allow.value)} [{self.allow.source}]")
         return lines
@@ -75,6 +83,16 @@ DB_THREAD = _Option(
     "run async tests' thread-sensitive work on one thread inside the test's transaction"
     " (true; false restores pytest-django's own behaviour)",
 )
+MODE = _Option(
+    "--djasync-mode",
+    "djasync_mode",
+    "fail: findings fail their tests (default); warn: report everything, fail nothing",
+)
+BASELINE = _Option(
+    "--djasync-baseline",
+    "djasync_baseline",
+    "file of known findings: they are reported but do not fail; new ones do",
+)
 ALLOW = _Option(
     "--djasync-allow",
     "djasync_allow",
@@ -91,8 +109,21 @@ _UNION_INI_TYPES = pytest.version_tuple >= (9, 2)
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("djasync", "async-safety checks for Django (pytest-djasync)")
     group.addoption(ENABLE.flag, action="store_true", default=None, help=ENABLE.help)
-    for option in (BLOCK_MS, REPORT, GUARD, DB_THREAD):
+    for option in (BLOCK_MS, REPORT, GUARD, DB_THREAD, MODE, BASELINE):
         group.addoption(option.flag, default=None, metavar="VALUE", help=option.help)
+    group.addoption(
+        "--djasync-warn",
+        action="store_const",
+        const="warn",
+        dest="djasync_mode",
+        help="same as --djasync-mode=warn: for a first run on a large legacy suite",
+    )
+    group.addoption(
+        "--djasync-baseline-write",
+        action="store_true",
+        default=False,
+        help="write this run's findings to the --djasync-baseline file",
+    )
     group.addoption(ALLOW.flag, action="append", default=None, metavar="PATTERN", help=ALLOW.help)
     if _UNION_INI_TYPES:
         parser.addini(ENABLE.ini, ENABLE.help, type=str | bool, default="")
@@ -101,7 +132,7 @@ def add_options(parser: pytest.Parser) -> None:
     else:  # pragma: no cover - pytest < 9.2
         for option in (ENABLE, BLOCK_MS, DB_THREAD):
             parser.addini(option.ini, option.help, type="string", default="")
-    for option in (REPORT, GUARD):
+    for option in (REPORT, GUARD, MODE, BASELINE):
         parser.addini(option.ini, option.help, type="string", default="")
     parser.addini(ALLOW.ini, ALLOW.help, type="linelist", default=[])
 
@@ -121,7 +152,27 @@ def resolve(config: pytest.Config) -> Settings:
         guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),
         allow=_pick(config, ALLOW, _parse_patterns, ()),
         db_thread=_pick(config, DB_THREAD, parse_bool, True),
+        mode=_pick(config, MODE, parse_mode, "fail"),
+        baseline=_baseline(config),
+        baseline_write=bool(config.getoption("djasync_baseline_write")),
     )
+
+
+def _baseline(config: pytest.Config) -> Setting[Path | None]:
+    baseline = _pick(config, BASELINE, _parse_baseline_path, None)
+    if config.getoption("djasync_baseline_write") and baseline.value is None:
+        raise pytest.UsageError(
+            "pytest-djasync: --djasync-baseline-write needs a file to write:"
+            " give --djasync-baseline=PATH (or djasync_baseline in the ini file)"
+        )
+    return baseline
+
+
+def parse_mode(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in ("fail", "warn"):
+        raise ValueError(f"{raw!r} is not a mode; choose fail or warn")
+    return mode
 
 
 def _pick(
@@ -198,6 +249,14 @@ def parse_guards(raw: str) -> frozenset[str]:
             choices = ", ".join(("default", "none", *GUARD_GROUPS))
             raise ValueError(f"unknown guard {word!r}; choose from: {choices}")
     return frozenset(chosen)
+
+
+def _parse_baseline_path(raw: str) -> Path | None:
+    if not raw.strip():
+        raise ValueError(
+            "the baseline path is empty; give a file path such as djasync-baseline.txt"
+        )
+    return Path(raw.strip())
 
 
 def _parse_path(raw: str) -> Path | None:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import inspect
 from collections.abc import Generator
 from pathlib import Path
-from types import CodeType
-from typing import Any
 
 import pytest
 
-from pytest_djasync import _compat, djangohooks, fanout, findings, markers, report, syncops
+from pytest_djasync import _compat, baseline, djangohooks, findings, markers, report, syncops
 from pytest_djasync import config as _config
 from pytest_djasync import fixtures as _fixtures
 from pytest_djasync.dbthread import DatabaseThread
 from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
+from pytest_djasync.results import ATTRIBUTE, Results
 from pytest_djasync.session import Watch
+from pytest_djasync.verdict import Judge
 
 SETTINGS_KEY = pytest.StashKey[_config.Settings]()
 HOOKS_KEY = pytest.StashKey["WatchHooks"]()
@@ -41,12 +41,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config.stash[SETTINGS_KEY].header_lines() + ([warning] if warning else [])
 
 
-def _test_code(item: pytest.Item) -> CodeType | None:
-    """The code object of the test function itself, through pytest-asyncio's wrappers."""
-    function: Any = getattr(item, "obj", None)
-    function = inspect.unwrap(getattr(function, "__func__", function) or _test_code)
-    code: CodeType | None = getattr(function, "__code__", None)
-    return code
+def _load_baseline(settings: _config.Settings) -> baseline.Baseline:
+    path = settings.baseline.value
+    if path is None or settings.baseline_write:
+        return baseline.Baseline()
+    try:
+        return baseline.Baseline.load(path)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"pytest-djasync: {settings.baseline.source}: {exc}") from None
 
 
 class WatchHooks:
@@ -58,8 +60,14 @@ class WatchHooks:
         self.root = Path(config.rootpath)
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
         config.stash[_fixtures.WATCH_KEY] = self.watch
-        self._warmed = False
+        self.known = _load_baseline(settings)
+        self.judge = Judge(self.watch, self.root, self.known)
+        self.results = Results()
         self.db_thread = DatabaseThread()
+        self._warmed = False
+        self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
+
+    # -- which tests are watched, and how --------------------------------------------------------
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:  # bad marker arguments are usage errors, found before anything runs
@@ -74,14 +82,20 @@ class WatchHooks:
     def _counts(self, item: pytest.Item) -> bool:
         return self.settings.enabled.value or markers.max_crossings(item) is not None
 
+    def _records_fanout(self, item: pytest.Item) -> bool:
+        return self.settings.enabled.value or markers.fanout(item) is not None
+
     def _shares_db(self, item: pytest.Item) -> bool:
         """An async test of pytest-asyncio's, in a watched run that shares the database."""
-        function = inspect.unwrap(getattr(item, "obj", None) or _test_code)
+        function = getattr(item, "obj", None)
         return (
             self.settings.enabled.value
             and self.settings.db_thread.value
-            and inspect.iscoroutinefunction(function)
+            and function is not None
+            and inspect.iscoroutinefunction(inspect.unwrap(function))
         )
+
+    # -- one test ---------------------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
@@ -95,9 +109,6 @@ class WatchHooks:
             # Runs first at teardown: the test's transaction is rolled back on its own thread.
             fixturedef.addfinalizer(self.db_thread.unshare)
         return result
-
-    def _records_fanout(self, item: pytest.Item) -> bool:
-        return self.settings.enabled.value or markers.fanout(item) is not None
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -125,121 +136,122 @@ class WatchHooks:
             result = yield
         except BaseException:
             self._end_call(item, recording)
-            self._check(item, "call", raise_=False)
+            self._check(item, "call", test_failed=True)
             raise
         self._end_call(item, recording)
-        self._check(item, "call", raise_=True)
+        self._check(item, "call", test_failed=False)
         return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
-        result = yield
-        self._check(item, "teardown", raise_=True)
-        return result
+        failed = False
+        try:
+            return (yield)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            try:
+                self._check(item, "teardown", test_failed=failed)
+            finally:
+                self._attach_entry(item)
 
     def _end_call(self, item: pytest.Item, recording: bool) -> None:
         if recording:
             self.watch.end_call(item.nodeid)
 
-    def _check(self, item: pytest.Item, when: str, raise_: bool) -> None:
-        """Fail the phase that just ended with every problem found in it (or, when the test
-        failed on its own, attach them to its report instead)."""
-        texts = [self._loop_text(item)]
-        if when == "call":
-            texts += [self._crossings_text(item), self._fanout_text(item)]
-        text = "\n\n".join(t for t in texts if t)
-        if not text:
+    def _check(self, item: pytest.Item, when: str, test_failed: bool) -> None:
+        """Fail the phase that just ended with every problem found in it; when the test failed
+        on its own, or in warn mode, attach them to its report instead."""
+        if item.nodeid not in self.watch.records:
             return
-        if not raise_:
-            item.add_report_section(when, "djasync", text)
+        try:
+            phase = self.judge.phase(item, when, self.config.get_verbosity() > 0)
+        except Exception as exc:  # a fault of ours must not change the test's outcome
+            findings.internal_error(f"judging {item.nodeid}", exc)
             return
-        raise AsyncSafetyFailure(text, pytrace=False)
-
-    def _loop_text(self, item: pytest.Item) -> str:
-        if not self.watch.running:
-            return ""
-        for note in self.watch.take_notes():
+        for note in phase.notes:
             item.warn(DjasyncWarning(note))
-        fresh = self.watch.take()
-        test_code = _test_code(item)
-        for finding in fresh:
-            if finding.allowed_by is None and syncops.expected_by(finding, test_code):
-                finding.allowed_by = "caught by the test"
-        failing = [f for f in fresh if f.allowed_by is None]
-        if not failing or markers.allow_blocking_reason(item) is not None:
-            return ""
-        verbose = self.config.get_verbosity() > 0
-        return report.failure_text(failing, self.watch.current_block_ms, self.root, verbose)
+        if not phase.text:
+            return
+        if test_failed or self.settings.mode.value == "warn":
+            item.add_report_section(when, "djasync", phase.text)
+            return
+        raise AsyncSafetyFailure(phase.text, pytrace=False)
 
-    def _crossings_text(self, item: pytest.Item) -> str:
-        limit = markers.max_crossings(item)
+    def _attach_entry(self, item: pytest.Item) -> None:
         record = self.watch.records.get(item.nodeid)
-        recorder = record.crossings if record else None
-        if limit is None or recorder is None or recorder.total <= limit:
-            return ""
-        summary = f"{recorder.total} sync/async crossings, more than the {limit} allowed"
-        self._record_marker_failure(item, findings.CROSSINGS, summary, report.CROSSINGS_FIX)
-        return report.crossings_text(recorder, limit, "in this test's call phase")
+        if record is None:
+            return
+        entry = report.test_entry(record, self.root)
+        item.stash[_ENTRY_KEY] = entry
+        item.user_properties.extend(report.junit_properties(entry))
 
-    def _fanout_text(self, item: pytest.Item) -> str:
-        expected = markers.fanout(item)
-        record = self.watch.records.get(item.nodeid)
-        recorder = record.fanout if record else None
-        if expected is None or recorder is None:
-            return ""
-        problem = recorder.check(*expected)
-        if problem is None:
-            return ""
-        cause = recorder.likely_cause() or "start the calls together (asyncio.gather, a TaskGroup)"
-        self._record_marker_failure(item, findings.FANOUT, problem, cause)
-        return "pytest-djasync: " + fanout.timeline(recorder, problem)
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        test_report = yield
+        if call.when == "teardown" and _ENTRY_KEY in item.stash:
+            setattr(
+                test_report, ATTRIBUTE, item.stash[_ENTRY_KEY]
+            )  # travels to xdist's controller
+        return test_report
 
-    def _record_marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> None:
-        path, line, name = item.location
-        self.watch.add_finding(
-            item.nodeid,
-            findings.Finding(
-                kind=kind,
-                what=what,
-                duration_ms=None,
-                stack=(),
-                location=findings.Frame(str(self.root / path), (line or 0) + 1, name, ""),
-                request=None,
-                fix=fix,
-                thread="MainThread",
-            ),
-        )
+    # -- the whole run ----------------------------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        record = self.watch.records.get(report.nodeid)
-        if record is None or report.passed:
-            return
-        if report.when == "call":
-            record.outcome = "skipped" if report.skipped else "failed"
-        elif record.outcome == "passed":  # a failing setup or teardown is an error, as in pytest
-            record.outcome = "skipped" if report.skipped else "error"
+        self.results.add(
+            report.nodeid, report.when, report.outcome, getattr(report, ATTRIBUTE, None)
+        )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        records = self.watch.all_records()
         self.watch.stop()
         self.db_thread.close()
-        path = self.settings.report.value
-        if path is not None:
-            data = report.report_json(self.watch.records.values(), self.watch.block_ms, self.root)
-            report.write_atomically(self.root / path, data)
+        if not self._controller:
+            return
+        for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
+            self.results.add_unfinished(report.test_entry(record, self.root))
+        self._write_outputs()
+
+    def _write_outputs(self) -> None:
+        try:
+            if self.settings.report.value is not None:
+                data = report.report_json(self.results.entries(), self.watch.block_ms)
+                report.write_atomically(self.root / self.settings.report.value, data)
+            if self.settings.baseline_write and self.settings.baseline.value is not None:
+                baseline.write(self.settings.baseline.value, self.results.keys(failing_only=True))
+        except OSError as exc:
+            findings.internal_error("writing the report files", exc)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        lines = report.summary_lines(self.watch.records.values(), self.root)
-        costly = report.costliest_requests(self.watch.records.values())
+        if not self._controller:
+            return
+        entries = self.results.entries()
+        lines = report.summary_lines(entries)
+        costly = report.costliest_requests(entries)
         if costly:
             lines += ["costliest requests by sync/async crossings:", *costly]
+        lines += [f"known finding no longer seen: {k}" for k in self._stale()]
+        lines += [f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched()]
         errors = findings.take_internal_errors()
-        unmatched = self.watch.unmatched_patterns() if self.settings.enabled.value else []
-        if not (lines or errors or unmatched):
+        if not (lines or errors):
             return
         terminalreporter.write_sep("=", "djasync summary")
         for line in lines:
             terminalreporter.write_line(line)
-        for pattern in unmatched:
-            terminalreporter.write_line(f"djasync_allow pattern {pattern!r} matched no finding")
         for error in errors:
             terminalreporter.write_line(error, red=True)
+        terminalreporter.write_line(report.totals_line(entries))
+
+    def _stale(self) -> list[str]:
+        if self.settings.baseline_write or not self.known.keys:
+            return []
+        return ["\t".join(k) for k in self.known.stale(self.results.keys(failing_only=False))]
+
+    def _unmatched(self) -> list[str]:
+        return self.watch.unmatched_patterns() if self.settings.enabled.value else []
+
+
+_ENTRY_KEY = pytest.StashKey[report.Entry]()

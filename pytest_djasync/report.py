@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import linecache
-import os
-import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_djasync._io import write_text_atomically
 from pytest_djasync.crossings import Recorder
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
@@ -59,36 +58,60 @@ def _stack_lines(finding: Finding, root: Path, verbose: bool) -> list[str]:
     return lines
 
 
-def summary_lines(records: Iterable[TestRecord], root: Path) -> list[str]:
+Entry = dict[str, Any]  # one test's part of the JSON report
+
+
+def summary_lines(entries: Iterable[Entry]) -> list[str]:
     """Findings grouped by the user's code location, with the tests that hit them."""
-    groups: dict[tuple[str, str], list[tuple[TestRecord, Finding]]] = defaultdict(list)
-    for record in records:
-        for finding in record.findings:
-            groups[(_place(finding, root), finding.kind)].append((record, finding))
+    groups: dict[tuple[str, str], list[tuple[str, Entry]]] = defaultdict(list)
+    for entry in entries:
+        for violation in entry["violations"]:
+            groups[(_place(violation), violation["kind"])].append((entry["nodeid"], violation))
     lines = []
     for (place, kind), hits in sorted(groups.items()):
         first = hits[0][1]
-        allowed = " [allowed]" if all(f.allowed_by or r.allowed_reason for r, f in hits) else ""
-        lines.append(f"{place}: {kind} {first.what}{allowed}")
-        tests = sorted({record.nodeid for record, _ in hits})
+        reasons = {v.get("allowed_by") for _, v in hits}
+        excused = "" if None in reasons else f" [{', '.join(sorted(map(str, reasons)))}]"
+        lines.append(f"{place}: {kind} {first.get('what', '')}{excused}")
+        tests = sorted({nodeid for nodeid, _ in hits})
         shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
         lines.append(f"    in {len(tests)} test(s): {shown}")
-        lines.append(f"    fix: {first.fix}")
+        lines.append(f"    fix: {first['fix']}")
     return lines
 
 
-def _place(finding: Finding, root: Path) -> str:
-    frame = finding.location
-    if frame is None:
+def totals_line(entries: Iterable[Entry]) -> str:
+    """One line: findings by kind, how many the baseline knew, crossings counted."""
+    entries = list(entries)
+    kinds: Counter[str] = Counter()
+    known = failing = tests = crossings = 0
+    for entry in entries:
+        violations = entry["violations"]
+        kinds.update(v["kind"] for v in violations)
+        known += sum(1 for v in violations if v.get("allowed_by") == "baseline")
+        failing += sum(1 for v in violations if v.get("allowed_by") is None)
+        tests += bool(violations)
+        crossings += entry.get("crossings", {}).get("total", 0)
+    by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+    return (
+        f"djasync: {sum(kinds.values())} findings in {tests} of {len(entries)} tests"
+        f" ({by_kind or 'none'}); {failing} unexcused, {known} known from the baseline;"
+        f" {crossings} sync/async crossings"
+    )
+
+
+def _place(violation: Entry) -> str:
+    location = violation.get("location")
+    if not location:
         return "<unknown location>"
-    return f"{frame.relative_path(root)}:{frame.line} in {frame.function}"
+    return f"{location['path']}:{location['line']} in {location['function']}"
 
 
 def _frame_json(frame: Frame, root: Path) -> dict[str, Any]:
     return {"path": frame.relative_path(root), "line": frame.line, "function": frame.function}
 
 
-def violation_json(finding: Finding, root: Path) -> dict[str, Any]:
+def violation_json(finding: Finding, root: Path) -> Entry:
     return {
         "kind": finding.kind,
         "message": finding.message(root),
@@ -96,30 +119,29 @@ def violation_json(finding: Finding, root: Path) -> dict[str, Any]:
         "location": _frame_json(finding.location, root) if finding.location else None,
         "stack": [_frame_json(frame, root) for frame in finding.stack],
         "request": finding.request,
+        "what": finding.what,
         "count": finding.count,
         "fix": finding.fix,
         "allowed": finding.allowed_by is not None,
+        "allowed_by": finding.allowed_by,
     }
 
 
-def report_json(records: Iterable[TestRecord], block_ms: float, root: Path) -> dict[str, Any]:
-    return {
-        "version": REPORT_VERSION,
-        "block_ms": block_ms,
-        "tests": [_test_json(record, root) for record in records],
-    }
+def report_json(entries: Iterable[Entry], block_ms: float) -> dict[str, Any]:
+    return {"version": REPORT_VERSION, "block_ms": block_ms, "tests": list(entries)}
 
 
-def _test_json(record: TestRecord, root: Path) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def test_entry(record: TestRecord, root: Path) -> Entry:
+    """One test's entry of the JSON report (without its outcome, which the controller knows)."""
+    entry: Entry = {
         "nodeid": record.nodeid,
-        "outcome": record.outcome,
         "violations": [violation_json(f, root) for f in record.findings],
     }
     if record.crossings is not None:
         entry["crossings"] = {
             "total": record.crossings.total,
             "by_origin": record.crossings.by_origin(),
+            "by_request": record.crossings.by_request(),
         }
     if record.fanout is not None:
         entry["fanout"] = {
@@ -129,18 +151,21 @@ def _test_json(record: TestRecord, root: Path) -> dict[str, Any]:
     return entry
 
 
+def junit_properties(entry: Entry) -> list[tuple[str, object]]:
+    """Counts for JUnit XML ``<property>`` elements, so CI systems can show them."""
+    kinds = Counter(v["kind"] for v in entry["violations"])
+    properties: list[tuple[str, object]] = [("djasync_findings", sum(kinds.values()))]
+    properties += [(f"djasync_{kind.replace('-', '_')}", n) for kind, n in sorted(kinds.items())]
+    if "crossings" in entry:
+        properties.append(("djasync_crossings", entry["crossings"]["total"]))
+    if "fanout" in entry:
+        properties.append(("djasync_fanout_peak", entry["fanout"]["peak_concurrency"]))
+    return properties
+
+
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` in one step: a crash mid-write leaves the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The JSON report, replaced in one step."""
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 CROSSINGS_FIX = (
@@ -187,14 +212,13 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
     return "\n".join(lines)
 
 
-def costliest_requests(records: Iterable[TestRecord], top: int = 5) -> list[str]:
+def costliest_requests(entries: Iterable[Entry], top: int = 5) -> list[str]:
     """The requests that paid most crossings, one line each."""
-    rows = []
-    for record in records:
-        if record.crossings is None:
-            continue
-        for request, count in record.crossings.by_request().items():
-            rows.append((count, request, record.nodeid))
+    rows = [
+        (count, request, entry["nodeid"])
+        for entry in entries
+        for request, count in entry.get("crossings", {}).get("by_request", {}).items()
+    ]
     rows.sort(key=lambda row: (-row[0], row[1], row[2]))
     return [
         f"{count:4} crossings  {request}  in {nodeid}" for count, request, nodeid in rows[:top]

@@ -127,5 +127,10 @@ class Watch:
         self._collector = None
         return record
 
+    def all_records(self) -> list[TestRecord]:
+        """Every test this process watched, a test cut short by Ctrl-C included."""
+        self.take()  # what the running test found so far
+        return list(self.records.values())
+
     def unmatched_patterns(self) -> list[str]:
         return [p for p in self.allow if p not in self.matched_patterns]

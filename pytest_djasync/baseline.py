@@ -1,0 +1,67 @@
+"""Recorded baselines: findings a team already knows about, so CI gates only on new ones.
+
+One finding per line, tab-separated: test node id, kind, where (path:function), what. No line
+numbers, so an unrelated edit above a known problem does not make it new; sorted, so the file
+reviews well in a diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_djasync._io import write_text_atomically
+
+Key = tuple[str, str, str, str]
+
+_HEADER = (
+    "# pytest-djasync baseline: known findings, one per line, that do not fail the run.\n"
+    "# Fields (tab-separated): test node id, kind, where, what. Rewrite it with\n"
+    "# pytest --djasync --djasync-baseline=PATH --djasync-baseline-write\n"
+)
+_COUNTED_KINDS = ("crossings", "fanout")  # their 'what' holds counts that change run to run
+
+
+def key(nodeid: str, violation: Mapping[str, Any]) -> Key:
+    """The identity of a finding, from its JSON report form."""
+    location = violation.get("location") or {}
+    where = f"{location.get('path', '?')}:{location.get('function', '?')}" if location else "-"
+    what = "-" if violation["kind"] in _COUNTED_KINDS else str(violation.get("what", "-"))
+    return (nodeid, str(violation["kind"]), where, what)
+
+
+class Baseline:
+    def __init__(self, keys: Iterable[Key] = ()) -> None:
+        self.keys = frozenset(keys)
+
+    @classmethod
+    def load(cls, path: Path) -> Baseline:
+        """Read ``path``; a missing file is an empty baseline, a malformed line an error."""
+        if not path.exists():
+            return cls()
+        keys = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 4:
+                raise ValueError(
+                    f"{path}:{number}: expected 4 tab-separated fields (node id, kind, where,"
+                    f" what), found {len(fields)}: {line!r}"
+                )
+            keys.append((fields[0], fields[1], fields[2], fields[3]))
+        return cls(keys)
+
+    def knows(self, finding_key: Key) -> bool:
+        return finding_key in self.keys
+
+    def stale(self, seen: Iterable[Key]) -> list[Key]:
+        """Known findings that no longer occur: the baseline can shrink by these."""
+        return sorted(self.keys - set(seen))
+
+
+def write(path: Path, keys: Iterable[Key]) -> None:
+    """Write the baseline atomically, sorted, one finding per line."""
+    body = "".join("\t".join(k) + "\n" for k in sorted(set(keys)))
+    write_text_atomically(path, _HEADER + body)

@@ -1,0 +1,58 @@
+"""The run's results as the controlling process sees them, gathered from test reports.
+
+Each test's entry travels on its teardown report (``report.djasync``), so results from
+pytest-xdist workers arrive exactly like those of a single process: once each, none lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_djasync.baseline import Key, key
+
+Entry = dict[str, Any]
+
+ATTRIBUTE = "djasync"  # the test report attribute that carries a test's entry
+
+
+class Results:
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._outcomes: dict[str, str] = {}
+
+    def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
+        """Take one test report: its phase's outcome and, on teardown, the test's entry."""
+        self._outcomes[nodeid] = _merge(self._outcomes.get(nodeid, "passed"), when, outcome)
+        if entry is not None:
+            self._entries[nodeid] = entry
+
+    def add_unfinished(self, entry: Entry) -> None:
+        """A test cut short (Ctrl-C): keep what it had found."""
+        self._entries.setdefault(entry["nodeid"], entry)
+        self._outcomes.setdefault(entry["nodeid"], "error")
+
+    def entries(self) -> list[Entry]:
+        """Every watched test, in the order it finished, with its outcome."""
+        return [
+            {"nodeid": nodeid, "outcome": self._outcomes.get(nodeid, "error"), **entry}
+            for nodeid, entry in self._entries.items()
+        ]
+
+    def keys(self, *, failing_only: bool) -> set[Key]:
+        """Baseline keys of the findings: all of them, or those not excused otherwise."""
+        return {
+            key(entry["nodeid"], violation)
+            for entry in self._entries.values()
+            for violation in entry["violations"]
+            if not failing_only or violation.get("allowed_by") in (None, "baseline")
+        }
+
+
+def _merge(current: str, when: str, outcome: str) -> str:
+    if outcome == "passed":
+        return current
+    if when == "call":
+        return "skipped" if outcome == "skipped" else "failed"
+    if current == "passed":  # a failing setup or teardown is an error, as in pytest
+        return "skipped" if outcome == "skipped" else "error"
+    return current

@@ -1,0 +1,124 @@
+"""Which findings fail a test phase, and the text it fails with.
+
+Detectors only record; this module applies what excuses a finding (the test caught the error
+itself, ``djasync_allow_blocking``, a ``djasync_allow`` pattern, the baseline) and checks the
+test's own expectations (``djasync_max_crossings``, ``djasync_fanout``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from types import CodeType
+from typing import Any
+
+import pytest
+
+from pytest_djasync import baseline, fanout, findings, markers, report, syncops
+from pytest_djasync.findings import Finding
+from pytest_djasync.session import Watch
+
+CAUGHT = "caught by the test"
+BASELINE = "baseline"
+MARKER = "djasync_allow_blocking"
+
+
+@dataclasses.dataclass
+class Phase:
+    """What one phase of one test left: the failure text (empty: nothing fails) and notes."""
+
+    text: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Judge:
+    def __init__(self, watch: Watch, root: Path, known: baseline.Baseline) -> None:
+        self.watch = watch
+        self.root = root
+        self.known = known
+
+    def phase(self, item: pytest.Item, when: str, verbose: bool) -> Phase:
+        result = Phase(notes=self.watch.take_notes() if self.watch.running else [])
+        texts = [self._loop_text(item, verbose)]
+        if when == "call":
+            texts += [self._crossings_text(item), self._fanout_text(item)]
+        result.text = "\n\n".join(t for t in texts if t)
+        return result
+
+    def _excuse(self, item: pytest.Item, finding: Finding, test_code: CodeType | None) -> None:
+        if finding.allowed_by is not None:
+            return
+        if syncops.expected_by(finding, test_code):
+            finding.allowed_by = CAUGHT
+        elif markers.allow_blocking_reason(item) is not None:
+            finding.allowed_by = MARKER
+        elif self.known.knows(
+            baseline.key(item.nodeid, report.violation_json(finding, self.root))
+        ):
+            finding.allowed_by = BASELINE
+
+    def _loop_text(self, item: pytest.Item, verbose: bool) -> str:
+        if not self.watch.running:
+            return ""
+        fresh = self.watch.take()
+        test_code = test_function_code(item)
+        for finding in fresh:
+            self._excuse(item, finding, test_code)
+        failing = [f for f in fresh if f.allowed_by is None]
+        if not failing:
+            return ""
+        return report.failure_text(failing, self.watch.current_block_ms, self.root, verbose)
+
+    def _crossings_text(self, item: pytest.Item) -> str:
+        limit = markers.max_crossings(item)
+        record = self.watch.records.get(item.nodeid)
+        recorder = record.crossings if record else None
+        if limit is None or recorder is None or recorder.total <= limit:
+            return ""
+        summary = f"{recorder.total} sync/async crossings, more than the {limit} allowed"
+        if self._marker_failure(item, findings.CROSSINGS, summary, report.CROSSINGS_FIX):
+            return report.crossings_text(recorder, limit, "in this test's call phase")
+        return ""
+
+    def _fanout_text(self, item: pytest.Item) -> str:
+        expected = markers.fanout(item)
+        record = self.watch.records.get(item.nodeid)
+        recorder = record.fanout if record else None
+        if expected is None or recorder is None:
+            return ""
+        problem = recorder.check(*expected)
+        if problem is None:
+            return ""
+        cause = recorder.likely_cause() or "start the calls together (asyncio.gather, a TaskGroup)"
+        if self._marker_failure(item, findings.FANOUT, problem, cause):
+            return "pytest-djasync: " + fanout.timeline(recorder, problem)
+        return ""
+
+    def _marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> bool:
+        """Record a failed expectation as a finding; True when it fails the test."""
+        path, line, name = item.location
+        finding = Finding(
+            kind=kind,
+            what=what,
+            duration_ms=None,
+            stack=(),
+            location=findings.Frame(str(self.root / path), (line or 0) + 1, name, ""),
+            request=None,
+            fix=fix,
+            thread="MainThread",
+        )
+        if self.known.knows(baseline.key(item.nodeid, report.violation_json(finding, self.root))):
+            finding.allowed_by = BASELINE
+        self.watch.add_finding(item.nodeid, finding)
+        return finding.allowed_by is None
+
+
+def test_function_code(item: pytest.Item) -> CodeType | None:
+    """The code object of the test function itself, through pytest-asyncio's wrappers."""
+    function: Any = getattr(item, "obj", None)
+    if function is None:
+        return None
+    function = inspect.unwrap(getattr(function, "__func__", function))
+    code: CodeType | None = getattr(function, "__code__", None)
+    return code

@@ -1,0 +1,200 @@
+"""CI gating: baselines, warn mode, pytest-xdist, JUnit properties, interrupted runs, faults."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import pytest
+
+from tests.conftest import DjangoProject, violations
+
+SUITE = """
+import time
+
+import pytest
+
+
+async def _sleep_in(where):
+    time.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_old_problem():
+    time.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_other_old_problem():
+    await _sleep_in("helper")
+
+
+@pytest.mark.asyncio
+async def test_clean():
+    pass
+"""
+
+NEW_PROBLEM = """
+
+@pytest.mark.asyncio
+async def test_new_problem():
+    time.sleep(0.001)
+"""
+
+FIXED = SUITE.replace(
+    "async def test_old_problem():\n    time.sleep(0.001)",
+    "async def test_old_problem():\n    pass",
+)
+
+
+def _comparable(report: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, Any]]]]:
+    """Each test's outcome and findings, without timings."""
+    return sorted(
+        (
+            entry["nodeid"],
+            entry["outcome"],
+            sorted((v["kind"], v["location"], v["what"], v["count"]) for v in entry["violations"]),
+        )
+        for entry in report["tests"]
+    )
+
+
+def test_baseline_round_trip(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    written = django_project.run(
+        "--djasync", "--djasync-baseline=baseline.txt", "--djasync-baseline-write"
+    )
+    written.assert_outcomes(passed=1, failed=2)  # writing records findings; it does not hide them
+    lines = (django_project.path / "baseline.txt").read_text().splitlines()
+    entries = [line.split("\t") for line in lines if not line.startswith("#")]
+    assert entries == sorted(entries)
+    old = "test_scenario.py::test_old_problem"
+    other = "test_scenario.py::test_other_old_problem"
+    assert entries == [
+        [old, "blocking-call", "test_scenario.py:test_old_problem", "time.sleep"],
+        [other, "blocking-call", "test_scenario.py:_sleep_in", "time.sleep"],
+    ]
+
+    django_project.run("--djasync", "--djasync-baseline=baseline.txt").assert_outcomes(passed=3)
+
+    django_project.tests(SUITE + NEW_PROBLEM)
+    new = django_project.run("--djasync", "--djasync-baseline=baseline.txt")
+    new.assert_outcomes(passed=3, failed=1)
+    new.stdout.fnmatch_lines(["FAILED test_scenario.py::test_new_problem*"])
+
+    django_project.tests(FIXED)
+    fixed = django_project.run("--djasync", "--djasync-baseline=baseline.txt")
+    fixed.assert_outcomes(passed=3)
+    fixed.stdout.fnmatch_lines(
+        ["known finding no longer seen: test_scenario.py::test_old_problem*"]
+    )
+
+
+def test_baseline_survives_unrelated_edits(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    django_project.tests("# a comment pushes every line down\n\n" + SUITE)
+    django_project.run("--djasync", "--djasync-baseline=b.txt").assert_outcomes(passed=3)
+
+
+def test_malformed_baseline_is_a_usage_error(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    (django_project.path / "b.txt").write_text("only\ttwo fields\n")
+    result = django_project.run("--djasync", "--djasync-baseline=b.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--djasync-baseline: b.txt:1: expected 4 tab-separated*"])
+
+
+def test_baseline_write_needs_a_path(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    result = django_project.run("--djasync", "--djasync-baseline-write")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--djasync-baseline-write needs a file to write*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini"),
+    [(["--djasync-warn"], ""), ([], "djasync_mode = warn")],
+    ids=["flag", "ini"],
+)
+def test_warn_mode_reports_everything_and_fails_nothing(
+    django_project: DjangoProject, args: list[str], ini: str
+) -> None:
+    django_project.tests(SUITE)
+    django_project.ini(ini)
+    result, report = django_project.report(*args)
+    result.assert_outcomes(passed=3)
+    assert len(violations(report, "test_old_problem")) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*djasync summary*",
+            "test_scenario.py:*test_old_problem: blocking-call time.sleep",
+            "djasync: 2 findings in 2 of 3 tests (blocking-call 2)*",
+        ]
+    )
+
+
+def test_xdist_two_workers_report_what_one_process_does(django_project: DjangoProject) -> None:
+    pytest.importorskip("xdist")
+    django_project.tests(SUITE + NEW_PROBLEM)
+    single, one = django_project.report("-p", "no:randomly")
+    parallel, two = django_project.report("-n", "2", "-p", "no:randomly")
+    assert single.parseoutcomes() == parallel.parseoutcomes()
+    assert _comparable(one) == _comparable(two)
+    summary = [line for line in parallel.outlines if " findings in " in line]
+    assert summary == ["djasync: 3 findings in 3 of 4 tests (blocking-call 3); 3 unexcused,"
+                       " 0 known from the baseline; 0 sync/async crossings"]  # fmt: skip
+
+
+def test_junit_xml_carries_the_counts(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    django_project.run("--djasync", "--junitxml=junit.xml")
+    tree = ET.parse(django_project.path / "junit.xml")
+    properties = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in tree.iter("testcase")
+    }
+    assert properties["test_old_problem"]["djasync_findings"] == "1"
+    assert properties["test_old_problem"]["djasync_blocking_call"] == "1"
+    assert properties["test_clean"]["djasync_findings"] == "0"
+    assert properties["test_clean"]["djasync_crossings"] == "0"
+
+
+def test_interrupted_run_still_writes_what_ran(django_project: DjangoProject) -> None:
+    django_project.tests(
+        SUITE
+        + """
+
+@pytest.mark.asyncio
+async def test_zz_interrupted():
+    time.sleep(0.001)
+    raise KeyboardInterrupt
+"""
+    )
+    result = django_project.run("--djasync", "--djasync-report=report.json", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = json.loads((django_project.path / "report.json").read_text())
+    assert len(violations(report, "test_old_problem")) == 1
+    assert len(violations(report, "test_zz_interrupted")) == 1
+
+
+def test_an_internal_fault_is_reported_and_changes_no_outcome(
+    django_project: DjangoProject,
+) -> None:
+    django_project.module(
+        "conftest.py",
+        """
+        import pytest_djasync.report
+
+        def _broken(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        pytest_djasync.report.failure_text = _broken
+        """,
+    )
+    django_project.tests(SUITE)
+    result, report = django_project.report()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*pytest-djasync internal error while judging*boom*"])
+    assert len(violations(report, "test_old_problem")) == 1
