@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 import httpx
 import pytest
 
-from pytest_djasync import client, crossings, djangohooks, fanout, report
+from pytest_djasync import client, crossings, djangohooks, fanout, live, report
 from pytest_djasync.session import Watch
 
 WATCH_KEY = pytest.StashKey[Watch]()
@@ -71,3 +71,28 @@ def djasync_fanout() -> Iterator[fanout.Recorder]:
         yield recorder
     finally:
         fanout.stop(recorder)
+
+
+@pytest.fixture(scope="session")
+def live_asgi_server() -> Iterator[live.LiveServer]:
+    """The project's ASGI app served by uvicorn at ``.url`` (``http://127.0.0.1:<free port>``),
+    in a thread with its own event loop, started once for the session.
+
+    Under ``--djasync`` the server's loop is watched like a test's: a request that blocks it
+    fails the test running at the time, and the crossings and outbound requests it makes count
+    for that test. A test whose requests use the database asks for ``db`` as usual; under
+    ``--djasync`` they see the test's own rows, otherwise (as with pytest-django's
+    ``live_server``) only committed ones: use ``transactional_db``. The app is built once, so
+    settings overrides that change how it is built (``MIDDLEWARE``) do not reach it. Needs
+    ``pip install 'pytest-djasync[live]'``.
+    """
+    server = live.LiveServer()
+    problem = ""
+    try:
+        server.start()
+    except (live.UvicornMissing, live.StartupError) as exc:
+        problem = str(exc)
+    if problem:  # failed outside the ``except``: the message alone, no chained traceback
+        pytest.fail(problem, pytrace=False)
+    yield server
+    server.stop()

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_djasync import _compat, baseline, djangohooks, findings, markers, report, syncops
+from pytest_djasync import (
+    _compat,
+    baseline,
+    djangohooks,
+    findings,
+    live,
+    markers,
+    report,
+    syncops,
+)
 from pytest_djasync import config as _config
 from pytest_djasync import fixtures as _fixtures
 from pytest_djasync.dbthread import DatabaseThread
@@ -86,13 +95,17 @@ class WatchHooks:
         return self.settings.enabled.value or markers.fanout(item) is not None
 
     def _shares_db(self, item: pytest.Item) -> bool:
-        """An async test of pytest-asyncio's, in a watched run that shares the database."""
+        """An async test of pytest-asyncio's, or any test using ``live_asgi_server``, in a
+        watched run that shares the database."""
         function = getattr(item, "obj", None)
         return (
             self.settings.enabled.value
             and self.settings.db_thread.value
             and function is not None
-            and inspect.iscoroutinefunction(inspect.unwrap(function))
+            and (
+                inspect.iscoroutinefunction(inspect.unwrap(function))
+                or "live_asgi_server" in getattr(item, "fixturenames", ())
+            )
         )
 
     # -- one test ---------------------------------------------------------------------------------
@@ -158,6 +171,7 @@ class WatchHooks:
 
     def _end_call(self, item: pytest.Item, recording: bool) -> None:
         if recording:
+            live.settle_all()  # requests the live server is still serving belong to this test
             self.watch.end_call(item.nodeid)
 
     def _check(self, item: pytest.Item, when: str, test_failed: bool) -> None:
