@@ -53,12 +53,15 @@ class _Step:
         "guarded_s",
         "ident",
         "in_guard",
+        "latest_waits",
         "name",
         "native_id",
         "sampled_for",
         "samples",
         "snap",
         "start",
+        "suspect_at",
+        "suspect_waits",
     )
 
     def __init__(self) -> None:
@@ -73,6 +76,9 @@ class _Step:
         self.guarded_s = 0.0  # time spent in reported blocking calls during that step
         self.in_guard = False
         self.snap: _Snapshot | None = None
+        self.suspect_at = 0.0  # when the watchdog first saw the current long step
+        self.suspect_waits: dict[int, tuple[str, float]] = {}  # native id -> (name, run-queue s)
+        self.latest_waits: dict[int, tuple[str, float]] = {}  # kept for threads that end meanwhile
 
 
 # -- the hot path ------------------------------------------------------------------------------
@@ -237,7 +243,42 @@ def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[
             f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms for the GIL"
             f" while thread {hog!r} held it; not counted as a stall of the loop",
         )
+    if loop_cpu < 0.5 * blocked and step.sampled_for == start:
+        return blocked, _starved_neighbour(step, end)
     return blocked, None
+
+
+def _run_queue_waits() -> dict[int, tuple[str, float]]:
+    waits = {}
+    for thread in threading.enumerate():
+        native_id = thread.native_id
+        wait = _run_queue_wait(native_id) if native_id is not None else None
+        if native_id is not None and wait is not None:
+            waits[native_id] = (thread.name, wait)
+    return waits
+
+
+def _starved_neighbour(step: _Step, end: float) -> tuple[str, str] | None:
+    """An excuse when the loop waited on a thread the OS kept off the CPU (thread start-up,
+    a lock holder) because the machine was overloaded: that is not the loop's doing."""
+    window = end - step.suspect_at
+    now = {**step.latest_waits, **_run_queue_waits()}
+    starved = {
+        name: wait - step.suspect_waits.get(native_id, (name, 0.0))[1]
+        for native_id, (name, wait) in now.items()
+        if native_id != step.native_id
+    }
+    if not starved:
+        return None
+    name = max(starved, key=lambda n: starved[n])
+    if starved[name] < 0.5 * window:
+        return None
+    return (
+        f"starved:{step.name}",
+        f"the event loop in thread {step.name!r} waited on thread {name!r}, which the OS kept"
+        f" off the CPU for {starved[name] * 1000:.0f} ms (an overloaded machine); not counted as"
+        " a stall of the loop",
+    )
 
 
 def _thread_name(ident: int) -> str:
@@ -390,7 +431,12 @@ class Watchdog:
     def _sample(step: _Step, start: float, frame: Any) -> None:
         if step.sampled_for != start:
             step.samples = []
+            step.suspect_at = _perf()
+            step.suspect_waits = _run_queue_waits()
+            step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start
+        else:
+            step.latest_waits.update(_run_queue_waits())
         stack = findings.capture(frame)
         if len(step.samples) < _MAX_SAMPLES:
             step.samples.append(stack)

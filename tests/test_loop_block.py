@@ -730,6 +730,7 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
         import asyncio
         import subprocess
         import sys
+        import threading
         import time
 
         import pytest
@@ -757,6 +758,14 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
             for _ in range(5):
                 _cpu(0.04)  # 40 ms of CPU: takes well over 100 ms of wall time here
                 await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_waiting_on_a_thread_the_os_keeps_waiting(hogs):
+            for _ in range(3):
+                worker = threading.Thread(target=_cpu, args=(0.04,), name="starved-worker")
+                worker.start()
+                worker.join()  # 40 ms of its CPU, but the hogs make it wait far longer
+                await asyncio.sleep(0)
         """
     )
     result = django_project.pytester.run(
@@ -769,8 +778,10 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
         "--djasync",
         "--djasync-block-ms=100",
         "--djasync-report=report.json",
+        "-W",
+        "default::pytest_djasync.errors.DjasyncWarning",
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
 
 
 def test_allow_blocking_marker_and_allow_patterns(django_project: DjangoProject) -> None:
