@@ -31,6 +31,8 @@ from pytest_djasync import findings
 from pytest_djasync.findings import Finding, Stack
 
 _perf = time.perf_counter
+_thread_time = time.thread_time
+_process_time = time.process_time
 _MAX_SAMPLES = 200
 _DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
 
@@ -60,7 +62,10 @@ class _Step:
         "samples",
         "snap",
         "start",
+        "start_cpu",
+        "start_proc",
         "suspect_at",
+        "suspect_snap",
         "suspect_waits",
     )
 
@@ -70,6 +75,8 @@ class _Step:
         self.native_id = threading.get_native_id()
         self.name = thread.name
         self.start = 0.0  # perf_counter() at the start of the running step, 0.0 between steps
+        self.start_cpu = 0.0  # this thread's CPU time then
+        self.start_proc = 0.0  # the process's CPU time then
         self.samples: list[Stack] = []
         self.sampled_for = 0.0
         self.guard_for = 0.0  # the step that ``guarded_s`` belongs to
@@ -77,6 +84,7 @@ class _Step:
         self.in_guard = False
         self.snap: _Snapshot | None = None
         self.suspect_at = 0.0  # when the watchdog first saw the current long step
+        self.suspect_snap: _Snapshot | None = None  # the clocks at that moment
         self.suspect_waits: dict[int, tuple[str, float]] = {}  # native id -> (name, run-queue s)
         self.latest_waits: dict[int, tuple[str, float]] = {}  # kept for threads that end meanwhile
 
@@ -100,6 +108,8 @@ def _timed_run(self: asyncio.Handle) -> None:
     if step.start:  # re-entered (nest_asyncio): the outer step is being timed already
         return _original_run(self)
     start = step.start = _perf()
+    step.start_cpu = _thread_time()
+    step.start_proc = _process_time()
     try:
         return _original_run(self)
     finally:
@@ -218,34 +228,67 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     )
 
 
+def _baseline(step: _Step, start: float) -> _Snapshot | None:
+    """Clocks from the start of the step, or from the moment the watchdog first saw it: an
+    older idle snapshot would charge this step with run-queue waits of earlier ones."""
+    if step.sampled_for == start and step.suspect_snap is not None:
+        return step.suspect_snap
+    snap = step.snap
+    if snap is not None and start - snap.t <= _threshold_s:
+        return snap
+    return None
+
+
 def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[str, str] | None]:
-    """Seconds of the step that the loop thread itself is to blame for, and any excuse note."""
+    """Seconds of the step that the loop thread itself is to blame for, and any excuse note.
+
+    The step's own CPU clocks say whether the loop thread was busy; the watchdog's snapshot
+    (from when it first saw the step) gives the run-queue wait, scaled to the whole step.
+    """
     blocked = end - start - _gc_log.overlap(start, end)
-    base = step.snap
-    if blocked < _threshold_s or base is None:
+    if blocked < _threshold_s:
         return blocked, None
-    now = _snapshot(step)
-    if now.wait is not None and base.wait is not None:
-        blocked -= now.wait - base.wait
-    if blocked < _threshold_s or now.loop_cpu is None or base.loop_cpu is None:
-        return blocked, None
-    loop_cpu = now.loop_cpu - base.loop_cpu
-    others = {
-        ident: cpu - base.cpus.get(ident, 0.0)  # a thread new since the baseline: all of it
-        for ident, cpu in now.cpus.items()
-        if ident not in (step.ident, _watchdog_ident)
-    }
-    other_cpu = sum(others.values())
-    if loop_cpu < 0.5 * blocked and other_cpu >= 0.5 * blocked:
-        hog = _thread_name(max(others, key=lambda ident: others[ident]))
+    loop_cpu = time.thread_time() - step.start_cpu
+    other_cpu = time.process_time() - step.start_proc - loop_cpu
+    base = _baseline(step, start)
+    now = _snapshot(step) if base is not None else None
+    if base is not None and now is not None and now.wait is not None and base.wait is not None:
+        observed_from = max(base.t, start)
+        observed = end - observed_from
+        own = observed - _gc_log.overlap(observed_from, end) - (now.wait - base.wait)
+        blocked = min(blocked, max(0.0, own) * (end - start) / max(observed, 1e-9))
+    if blocked < _threshold_s or loop_cpu >= 0.5 * blocked:
+        return blocked, None  # under the threshold, or the loop thread itself was busy
+    if other_cpu >= 0.5 * blocked:
+        return blocked, _gil_note(step, blocked, base, now)
+    if step.sampled_for != start:
         return blocked, (
-            f"gil:{step.name}:{hog}",
-            f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms for the GIL"
-            f" while thread {hog!r} held it; not counted as a stall of the loop",
+            f"unscheduled:{step.name}",
+            f"the event loop in thread {step.name!r} was off the CPU for {blocked * 1000:.0f} ms"
+            " and the watchdog could not run either: the process was not scheduled (an"
+            " overloaded machine); not counted as a stall of the loop",
         )
-    if loop_cpu < 0.5 * blocked and step.sampled_for == start:
-        return blocked, _starved_neighbour(step, end)
-    return blocked, None
+    return blocked, _starved_neighbour(step, end)
+
+
+def _gil_note(
+    step: _Step, blocked: float, base: _Snapshot | None, now: _Snapshot | None
+) -> tuple[str, str]:
+    hog = "another thread"
+    if base is not None and now is not None:
+        others = {
+            ident: cpu - base.cpus.get(ident, 0.0)  # a thread new since the baseline: all of it
+            for ident, cpu in now.cpus.items()
+            if ident not in (step.ident, _watchdog_ident)
+        }
+        if others:
+            hog = repr(_thread_name(max(others, key=lambda ident: others[ident])))
+    return (
+        f"gil:{step.name}:{hog}",
+        f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms for the GIL"
+        f" while {'thread ' if hog != 'another thread' else ''}{hog} held it; not counted as a"
+        " stall of the loop",
+    )
 
 
 def _run_queue_waits() -> dict[int, tuple[str, float]]:
@@ -431,7 +474,8 @@ class Watchdog:
     def _sample(step: _Step, start: float, frame: Any) -> None:
         if step.sampled_for != start:
             step.samples = []
-            step.suspect_at = _perf()
+            step.suspect_snap = _snapshot(step)
+            step.suspect_at = step.suspect_snap.t
             step.suspect_waits = _run_queue_waits()
             step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start
