@@ -35,11 +35,14 @@ class Frame:
     module: str
 
     def relative_path(self, root: Path | None) -> str:
+        """Relative to ``root`` when inside it (the project's code), else absolute."""
         if root is not None:
             try:
-                return os.path.relpath(self.path, root)
+                relative = os.path.relpath(self.path, root)
             except ValueError:  # another drive on Windows
-                pass
+                return self.path
+            if not relative.startswith(os.pardir):
+                return relative
         return self.path
 
     def __str__(self) -> str:
@@ -221,6 +224,8 @@ def capture(frame: FrameType | None) -> Stack:
     frames.reverse()
     while frames and frames[-1].path.startswith(_PLUGIN_DIR):
         frames.pop()
+    while len(frames) > 1 and frames[0].module == "asyncio.events":
+        del frames[0]  # Handle._run, the same for every step
     return tuple(frames)
 
 

@@ -100,6 +100,8 @@ TARGETS: tuple[Target, ...] = (
     Target("http", "httpx", "Client", "send", "httpx.Client.send"),
     Target("file", "builtins", "", "open", "open"),
     Target("file", "io", "", "open", "io.open"),
+    # Python 3.10's pathlib took its own reference to io.open at import time.
+    Target("file", "pathlib", "_NormalAccessor", "open", "io.open"),
 )
 
 

@@ -50,12 +50,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return config.stash[SETTINGS_KEY].header_lines() + ([warning] if warning else [])
 
 
-def _load_baseline(settings: _config.Settings) -> baseline.Baseline:
+def _load_baseline(settings: _config.Settings, root: Path) -> baseline.Baseline:
     path = settings.baseline.value
     if path is None or settings.baseline_write:
         return baseline.Baseline()
     try:
-        return baseline.Baseline.load(path)
+        return baseline.Baseline.load(root / path)
     except (OSError, ValueError) as exc:
         raise pytest.UsageError(f"pytest-djasync: {settings.baseline.source}: {exc}") from None
 
@@ -69,7 +69,7 @@ class WatchHooks:
         self.root = Path(config.rootpath)
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
         config.stash[_fixtures.WATCH_KEY] = self.watch
-        self.known = _load_baseline(settings)
+        self.known = _load_baseline(settings, self.root)
         self.judge = Judge(self.watch, self.root, self.known)
         self.results = Results()
         self.db_thread = DatabaseThread()
@@ -235,7 +235,8 @@ class WatchHooks:
                 data = report.report_json(self.results.entries(), self.watch.block_ms)
                 report.write_atomically(self.root / self.settings.report.value, data)
             if self.settings.baseline_write and self.settings.baseline.value is not None:
-                baseline.write(self.settings.baseline.value, self.results.keys(failing_only=True))
+                path = self.root / self.settings.baseline.value  # like the report: from rootdir
+                baseline.write(path, self.results.keys(failing_only=True))
         except OSError as exc:
             findings.internal_error("writing the report files", exc)
 

@@ -94,10 +94,15 @@ def totals_line(entries: Iterable[Entry]) -> str:
         crossings += entry.get("crossings", {}).get("total", 0)
     by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     return (
-        f"djasync: {sum(kinds.values())} findings in {tests} of {len(entries)} tests"
+        f"djasync: {_plural(sum(kinds.values()), 'finding')} in {tests} of"
+        f" {_plural(len(entries), 'test')}"
         f" ({by_kind or 'none'}); {failing} unexcused, {known} known from the baseline;"
         f" {crossings} sync/async crossings"
     )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _place(violation: Entry) -> str:

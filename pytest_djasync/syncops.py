@@ -82,7 +82,7 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         frame = frame.f_back
     if api is None:
         return "a sync database call", "wrap the sync ORM block in sync_to_async(...) and await it"
-    return _orm_method(api.f_code)
+    return _orm_method(api)
 
 
 def _lazy_relation(frame: FrameType) -> tuple[str, str]:
@@ -99,15 +99,31 @@ def _lazy_relation(frame: FrameType) -> tuple[str, str]:
     )
 
 
-def _orm_method(code: CodeType) -> tuple[str, str]:
-    qualname: str = getattr(code, "co_qualname", code.co_name)
-    owner, _, method = qualname.rpartition(".")
+def _orm_method(frame: FrameType) -> tuple[str, str]:
+    owner, method = _owner_and_name(frame)
+    qualname = f"{owner}.{method}" if owner else method
     if method in _EVALUATION:
         return f"{owner or 'QuerySet'} evaluated ({method})", _ITERATE
     async_twin = f"a{method}"
     if owner in ("QuerySet", "Model") and _has_async_twin(owner, async_twin):
         return f"{qualname}()", f"await the async method .{async_twin}(...) instead"
     return f"{qualname}()", "wrap the sync ORM block in sync_to_async(...) and await it"
+
+
+def _owner_and_name(frame: FrameType) -> tuple[str, str]:
+    """("QuerySet", "count") for a frame of ``QuerySet.count``; Python 3.10 has no
+    ``co_qualname``, so the class comes from the frame's ``self`` there."""
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        owner, _, name = qualname.rpartition(".")
+        return owner, name
+    instance = frame.f_locals.get("self")
+    owner = next(
+        (cls.__name__ for cls in type(instance).__mro__ if cls.__name__ in ("QuerySet", "Model")),
+        "",
+    )
+    return owner, code.co_name
 
 
 def _has_async_twin(owner: str, name: str) -> bool:

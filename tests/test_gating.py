@@ -103,7 +103,7 @@ def test_malformed_baseline_is_a_usage_error(django_project: DjangoProject) -> N
     (django_project.path / "b.txt").write_text("only\ttwo fields\n")
     result = django_project.run("--djasync", "--djasync-baseline=b.txt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--djasync-baseline: b.txt:1: expected 4 tab-separated*"])
+    result.stderr.fnmatch_lines(["*--djasync-baseline: */b.txt:1: expected 4 tab-separated*"])
 
 
 def test_baseline_write_needs_a_path(django_project: DjangoProject) -> None:
