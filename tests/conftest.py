@@ -128,6 +128,8 @@ def django_project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    for variable in ("CI", "BUILD_NUMBER"):  # on CI pytest prints whole messages in its summary
+        monkeypatch.delenv(variable, raising=False)
     return DjangoProject(pytester)
 
 
