@@ -25,7 +25,7 @@ from pytest_djasync import findings, patching
 SYNC_TO_ASYNC = "sync_to_async"
 ASYNC_TO_SYNC = "async_to_sync"
 ORIGINS = ("middleware", "view", "orm", "signal", "handler", "test-client", "user")
-_CALLER_DEPTH = 12
+_CALLER_DEPTH = 8  # enough to get past asgiref and Django to the code that caused the hop
 _ASGIREF = "asgiref."
 
 
@@ -161,6 +161,12 @@ def _undo_stale() -> None:
 
 def start(recorder: Recorder) -> Recorder:
     """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
+    _install()
+    _recorders.append(recorder)
+    return recorder
+
+
+def _install() -> None:
     if not _patches:
         _undo_stale()
         _patches.extend(
@@ -173,15 +179,33 @@ def start(recorder: Recorder) -> Recorder:
                 ),
             )
         )
-    _recorders.append(recorder)
-    return recorder
+
+
+_pins: list[object] = []
+
+
+def pin(owner: object) -> None:
+    """Keep the wrappers installed while ``owner`` runs (a whole watched session), so tests
+    do not pay for installing and removing them one by one."""
+    _pins.append(owner)
+    _install()
+
+
+def unpin(owner: object) -> None:
+    if owner in _pins:
+        _pins.remove(owner)
+    _uninstall_if_unused()
 
 
 def stop(recorder: Recorder) -> None:
     """Stop feeding ``recorder``; the last one out restores asgiref exactly."""
     if recorder in _recorders:
         _recorders.remove(recorder)
-    if not _recorders:
+    _uninstall_if_unused()
+
+
+def _uninstall_if_unused() -> None:
+    if not _recorders and not _pins:
         for patch in reversed(_patches):
             if not patch.undo():
                 _stale.append(patch)

@@ -232,16 +232,13 @@ def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
 _lock = threading.Lock()
 
 
+_pins: list[object] = []
+
+
 def start(recorder: Recorder) -> Recorder:
     """Send every outbound request to ``recorder``; wraps httpx if nobody has yet."""
     with _lock:
-        if not _patches:
-            _patches.append(
-                patching.install(httpx.AsyncClient, "send", _timing_async(httpx.AsyncClient.send))
-            )
-            _patches.append(
-                patching.install(httpx.Client, "send", _timing_sync(httpx.Client.send))
-            )
+        _install()
         _recorders.append(recorder)
     return recorder
 
@@ -251,7 +248,33 @@ def stop(recorder: Recorder) -> None:
     with _lock:
         if recorder in _recorders:
             _recorders.remove(recorder)
-        if not _recorders:
-            for patch in reversed(_patches):
-                patch.undo()
-            _patches.clear()
+        _uninstall_if_unused()
+
+
+def pin(owner: object) -> None:
+    """Keep the wrappers installed while ``owner`` runs (a whole watched session)."""
+    with _lock:
+        _pins.append(owner)
+        _install()
+
+
+def unpin(owner: object) -> None:
+    with _lock:
+        if owner in _pins:
+            _pins.remove(owner)
+        _uninstall_if_unused()
+
+
+def _install() -> None:
+    if not _patches:
+        _patches.append(
+            patching.install(httpx.AsyncClient, "send", _timing_async(httpx.AsyncClient.send))
+        )
+        _patches.append(patching.install(httpx.Client, "send", _timing_sync(httpx.Client.send)))
+
+
+def _uninstall_if_unused() -> None:
+    if not _recorders and not _pins:
+        for patch in reversed(_patches):
+            patch.undo()
+        _patches.clear()

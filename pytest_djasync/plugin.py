@@ -75,6 +75,7 @@ class WatchHooks:
         self.db_thread = DatabaseThread()
         self._warmed = False
         self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
+        self._detailed = settings.report.value is not None
 
     # -- which tests are watched, and how --------------------------------------------------------
 
@@ -197,7 +198,8 @@ class WatchHooks:
         record = self.watch.records.get(item.nodeid)
         if record is None:
             return
-        entry = report.test_entry(record, self.root)
+        entry = report.test_entry(record, self.root, self._detailed)
+        record.reported = True
         item.stash[_ENTRY_KEY] = entry
         item.user_properties.extend(report.junit_properties(entry))
 
@@ -220,13 +222,13 @@ class WatchHooks:
         )
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        records = self.watch.all_records()
+        records = self.watch.unreported_records()
         self.watch.stop()
         self.db_thread.close()
         if not self._controller:
             return
         for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
-            self.results.add_unfinished(report.test_entry(record, self.root))
+            self.results.add_unfinished(report.test_entry(record, self.root, self._detailed))
         self._write_outputs()
 
     def _write_outputs(self) -> None:

@@ -26,6 +26,7 @@ class TestRecord:
     allowed_reason: str | None = None
     crossings: crossings.Recorder | None = None
     fanout: fanout.Recorder | None = None
+    reported: bool = False  # its entry went out on the teardown report
 
 
 class Watch:
@@ -45,6 +46,8 @@ class Watch:
         self._watchdog.start(self.block_ms)
         self._guard.arm()
         self._patches = djangohooks.track_requests() + syncops.install()
+        crossings.pin(self)
+        fanout.pin(self)
         self.running = True
 
     def stop(self) -> None:
@@ -54,6 +57,8 @@ class Watch:
         findings.activate(None)
         for patch in reversed(self._patches):
             patch.undo()
+        crossings.unpin(self)
+        fanout.unpin(self)
         self._guard.disarm()
         self._watchdog.stop()
 
@@ -114,23 +119,25 @@ class Watch:
         return self._block_ms_now
 
     def end_test(self, nodeid: str, allowed_reason: str | None) -> TestRecord:
+        """The test is over: stop routing findings to it; forget it once it is reported."""
         record = self.records[nodeid]
         record.allowed_reason = allowed_reason
         collector = self._collector
         findings.activate(None)
         self._watchdog.set_threshold(self.block_ms)
-        if collector is None:
-            return record
-        self.take()
-        self.take_notes()
-        self.matched_patterns |= collector.matched_patterns
-        self._collector = None
+        if collector is not None:
+            self.take()
+            self.take_notes()
+            self.matched_patterns |= collector.matched_patterns
+            self._collector = None
+        if record.reported:
+            del self.records[nodeid]  # its entry says it all; keep none of its objects alive
         return record
 
-    def all_records(self) -> list[TestRecord]:
-        """Every test this process watched, a test cut short by Ctrl-C included."""
-        self.take()  # what the running test found so far
-        return list(self.records.values())
+    def unreported_records(self) -> list[TestRecord]:
+        """Tests not reported yet: one cut short by Ctrl-C, with what it found so far."""
+        self.take()
+        return [record for record in self.records.values() if not record.reported]
 
     def unmatched_patterns(self) -> list[str]:
         return [p for p in self.allow if p not in self.matched_patterns]

@@ -114,9 +114,9 @@ def _timed_run(self: asyncio.Handle) -> None:
         return _original_run(self)
     finally:
         end = _perf()
-        step.start = 0.0
         if end - start >= _threshold_s:
-            _finish_safely(step, self, start, end)
+            _finish_safely(step, self, start, end)  # still marked busy: no idle snapshot now
+        step.start = 0.0
 
 
 findings.mark_step_boundary(_timed_run.__code__)
@@ -194,10 +194,13 @@ _gc_log = _GCLog()
 
 
 def _finish_safely(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
+    step.in_guard = True  # our own work here is not the application's blocking call
     try:
         _finish(step, handle, start, end)
     except Exception as exc:  # never let the detector break the application
         findings.internal_error("judging a long loop step", exc)
+    finally:
+        step.in_guard = False
 
 
 def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
@@ -234,7 +237,7 @@ def _baseline(step: _Step, start: float) -> _Snapshot | None:
     if step.sampled_for == start and step.suspect_snap is not None:
         return step.suspect_snap
     snap = step.snap
-    if snap is not None and start - snap.t <= _threshold_s:
+    if snap is not None and 0.0 <= start - snap.t <= _threshold_s:
         return snap
     return None
 
