@@ -1,0 +1,197 @@
+"""The results files: everything as JSON, and the Markdown tables a person reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import detection
+
+SUITE_TITLES = {
+    "requests": "requests suite: 100 async tests, 400 requests through `asgi_client`",
+    "tiny": "tiny suite: 2000 async tests doing `await asyncio.sleep(0)`",
+}
+# (suite, configuration, the most its median may be, as a ratio to `absent`)
+TARGETS = (
+    ("requests", "djasync", 1.05),
+    ("tiny", "djasync", 1.10),
+    ("requests", "installed", 1.02),
+    ("tiny", "installed", 1.02),
+)
+
+
+def write(results: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    (directory / "latest.md").write_text(markdown(results))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = [_header(results["meta"])]
+    if "overhead" in results:
+        parts.append(_overhead(results["overhead"]))
+    parts.append(_targets(results))
+    if "detection" in results:
+        parts.append(_detection(results["detection"]))
+    if "soak" in results:
+        parts.append(_soak(results["soak"]))
+    for suite, profile in results.get("profile", {}).items():
+        parts.append(_profile(suite, profile))
+    return "\n\n".join(parts) + "\n"
+
+
+def _header(meta: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in meta["packages"].items())
+    return "\n".join(
+        [
+            "# pytest-djasync benchmark results",
+            "",
+            f"- date: {meta['date']} (took {meta['took_s'] / 60:.1f} min)",
+            f"- machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}",
+            f"- load average at start / end: {meta['load_start']} / {meta['load_end']}",
+            f"- packages: {versions}",
+            f"- pytest-djasync tree: {meta['tree']}",
+            f"- mode: {meta['mode']}",
+        ]
+    )
+
+
+def _overhead(overhead: dict[str, Any]) -> str:
+    parts = [
+        "## Overhead",
+        "",
+        "Wall time of the whole `pytest` process (start-up and collection included), in"
+        " seconds. *ratio* = median / median of `absent`; *paired* = median [range] of each"
+        " run divided by the `absent` run of the same repetition (they ran minutes apart at"
+        " most, so paired ratios cancel slow drifts of the machine's load). *CPU* = user +"
+        " system time of the pytest process, less disturbed by other work on the machine than"
+        " wall time. *+ms/test* = (median - `absent` median) / number of tests.",
+    ]
+    for suite, configs in overhead.items():
+        parts += ["", f"### {SUITE_TITLES.get(suite, suite)}", "", *_overhead_table(configs)]
+    return "\n".join(parts)
+
+
+def _overhead_table(configs: dict[str, Any]) -> list[str]:
+    lines = [
+        "| config | wall median s | wall min-max s | ratio | paired ratio [min-max]"
+        " | CPU median s | CPU ratio | +ms/test | runs | all passed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, c in configs.items():
+        cpu = c["cpu"]
+        extra = c["extra_ms_per_test"]
+        lines.append(
+            f"| {name} | {c['median_s']:.2f} | {c['min_s']:.2f}-{c['max_s']:.2f}"
+            f" | {c['ratio']:.3f} | {_paired(c)} | {cpu['median_s']:.2f} | {cpu['ratio']:.3f}"
+            f" | {'' if extra is None else f'{extra:+.2f}'} | {len(c['runs'])}"
+            f" | {'yes' if c['all_ok'] else 'NO'} |"
+        )
+    return lines
+
+
+def _paired(stats: dict[str, float]) -> str:
+    return (
+        f"{stats['paired_ratio_median']:.3f}"
+        f" [{stats['paired_ratio_min']:.3f}-{stats['paired_ratio_max']:.3f}]"
+    )
+
+
+def _targets(results: dict[str, Any]) -> str:
+    lines = [
+        "## Targets",
+        "",
+        "Judged on the ratio of wall-time medians; `installed` counts as about `absent`"
+        " within 2%.",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    overhead = results.get("overhead", {})
+    for suite, config, limit in TARGETS:
+        c = overhead.get(suite, {}).get(config)
+        if c is None:
+            continue
+        met = c["ratio"] <= limit
+        measured = f"wall {c['ratio']:.3f} (paired {_paired(c)}), CPU {c['cpu']['ratio']:.3f}"
+        lines.append(f"| `{config}` ≤ {limit:.2f}x `absent`, {suite} | {measured} | {_yes(met)} |")
+    soak = results.get("soak")
+    if soak is not None:
+        bad = soak["findings"] + soak["failed_tests"]
+        measured = f"{soak['findings']} findings, {soak['failed_tests']} failed tests"
+        lines.append(f"| 0 false positives in the soak | {measured} | {_yes(bad == 0)} |")
+    return "\n".join(lines)
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+def _detection(matrix: dict[str, Any]) -> str:
+    detectors = list(detection.DETECTORS)
+    lines = [
+        "## Detection matrix",
+        "",
+        f"Each cell: caught in how many of {matrix['rounds']} run(s), and what the detector"
+        " reported. `test` = the blocking code runs in the async test, `view` = in an async"
+        " view served through `asgi_client`. `djasync-loaded` = `djasync` while"
+        f" {detection.LOADED_HOGS} CPU-hog processes keep every core busy. `clean` is the"
+        " control: any catch there is a false positive.",
+        "",
+        "| case / where | " + " | ".join(detectors) + " |",
+        "| --- |" + " --- |" * len(detectors),
+    ]
+    for row, cells in matrix["rows"].items():
+        lines.append(f"| {row} | " + " | ".join(_cell(cells.get(d)) for d in detectors) + " |")
+    return "\n".join(lines)
+
+
+def _cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "?"
+    caught, runs = cell["caught"], cell["runs"]
+    word = "yes" if caught == runs else "no" if caught == 0 else f"{caught}/{runs}"
+    if caught == 0 and any(o != "passed" for o in cell["outcomes"]):
+        word += " (test failed)"
+    details = "; ".join(cell["details"][:2])
+    return f"{word} ({details})" if details else word
+
+
+def _soak(soak: dict[str, Any]) -> str:
+    walls = ", ".join(f"{r['wall_s']:.1f}" for r in soak["per_run"])
+    lines = [
+        "## False-positive soak",
+        "",
+        f"The clean suite ({soak['tests_per_run']} tests: the requests suite plus sleeps,"
+        " sync_to_async / to_thread work and logging) run"
+        f" {soak['runs']} times under `--djasync --djasync-block-ms={soak['block_ms']:g}`"
+        f" with {soak['hogs']} CPU-hog processes busy-looping on this"
+        " machine.",
+        "",
+        f"- findings (false positives): **{soak['findings']}**",
+        f"- failed tests: {soak['failed_tests']}",
+        f"- notes (warnings, e.g. GIL waits excused): {soak['notes']}",
+        f"- wall time per run, s: {walls}",
+    ]
+    shown = [m for r in soak["per_run"] for m in r["finding_messages"] + r["note_messages"]]
+    lines += [f"    - {m}" for m in shown[:10]]
+    return "\n".join(lines)
+
+
+def _profile(suite: str, profile: dict[str, Any]) -> str:
+    lines = [
+        f"## Profile of a `--djasync` run ({suite} suite, cProfile, main thread)",
+        "",
+        f"Total {profile['total_s']:.2f} s profiled; {profile['plugin_own_s']:.3f} s inside"
+        " plugin functions (tottime). Top plugin functions by cumulative time:",
+        "",
+        "| function | calls | tottime s | cumtime s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in profile["top"]:
+        lines.append(
+            f"| `{row['function']}` | {row['calls']} | {row['tottime_s']:.3f}"
+            f" | {row['cumtime_s']:.3f} |"
+        )
+    return "\n".join(lines)
