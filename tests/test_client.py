@@ -582,6 +582,7 @@ def test_module_loop_scope_set_in_ini(project):
     )
 
 
+@needs_disconnect_cancellation
 def test_unclosed_stream_in_a_function_loop_is_cleaned_up(project):
     """The loop closes after the test; the view of the response left open ends with it, with
     no warning about pending tasks."""
