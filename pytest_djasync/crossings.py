@@ -29,14 +29,14 @@ _CALLER_DEPTH = 8  # enough to get past asgiref and Django to the code that caus
 _ASGIREF = "asgiref."
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Crossing:
     """One adapter call, recorded cheaply and explained on demand."""
 
     direction: str
     thread_sensitive: bool
     func: Any  # the wrapped callable; never repr()'d
-    callers: tuple[tuple[CodeType, int, str], ...]  # innermost first: code, line, module
+    callers: list[tuple[CodeType, int, str]]  # innermost first: code, line, module
     caller_self: Any  # ``self`` of the calling frame, to spot the middleware behind an adapter
     request: str | None
     thread: str
@@ -110,13 +110,13 @@ def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
         frame = frame.f_back
     caller_self = caller.f_locals.get("self") if direction == ASYNC_TO_SYNC else None
     crossing = Crossing(
-        direction=direction,
-        thread_sensitive=bool(getattr(adapter, "_thread_sensitive", False)),
-        func=func,
-        callers=tuple(callers),
-        caller_self=caller_self,
-        request=findings.current_request.get(),
-        thread=threading.current_thread().name,
+        direction,
+        bool(getattr(adapter, "_thread_sensitive", False)),
+        func,
+        callers,
+        caller_self,
+        findings.current_request.get(),
+        threading.current_thread().name,
     )
     for recorder in list(_recorders):
         recorder.crossings.append(crossing)
