@@ -9,7 +9,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from pytest_djasync import crossings, djangohooks, fanout, findings, patching, syncops
+from pytest_djasync import (
+    crossings,
+    djangohooks,
+    fanout,
+    findings,
+    heartbeat,
+    patching,
+    syncops,
+)
 from pytest_djasync.findings import Collector, Finding
 from pytest_djasync.guard import Guard
 from pytest_djasync.watchdog import Watchdog
@@ -69,6 +77,7 @@ class Watch:
         if not self.running:
             self.start()
         self._guard.arm()  # modules the project imported since the last test
+        self._patches += heartbeat.install()  # uvloop, if the project imported it by now
         self._watchdog.set_threshold(block_ms)
         self._block_ms_now = block_ms
         self._collector = Collector(nodeid, self.allow)

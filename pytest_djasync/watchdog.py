@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pytest_djasync import findings
+from pytest_djasync import findings, heartbeat
 from pytest_djasync.findings import Finding, Stack
 
 _perf = time.perf_counter
@@ -224,7 +224,7 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
             stack=stack,
             location=findings.user_frame(stack),
             request=_request_of(handle),
-            fix=_stall_fix(stack),
+            fix=stall_fix(stack),
             thread=step.name,
             note=note,
         )
@@ -381,7 +381,7 @@ def _code_frame(code: Any) -> Stack:
     return (findings.Frame(code.co_filename, code.co_firstlineno, name, "?"),)
 
 
-def _stall_fix(stack: Stack) -> str:
+def stall_fix(stack: Stack) -> str:
     paths = [frame.path.replace(os.sep, "/") for frame in stack]
     if any("/django/db/" in p or "/sqlite3/" in p for p in paths):
         return (
@@ -470,6 +470,7 @@ class Watchdog:
             elif now - start >= threshold / 4:
                 suspect = True
                 self._sample(step, start, frame)
+        suspect |= heartbeat.poll(threshold, frames)
         del frames
         return max(0.001, threshold / 20) if suspect else threshold / 2
 
