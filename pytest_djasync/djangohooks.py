@@ -46,7 +46,7 @@ def warm_up() -> None:
             return
         from django.urls import get_resolver
 
-        get_resolver().reverse_dict  # noqa: B018 - resolving imports every URLconf and view
+        get_resolver().url_patterns  # noqa: B018 - imports the URLconf, and with it the views
         from pytest_djasync.client import django_asgi_app
 
         django_asgi_app()  # loading the middleware chain imports every middleware class

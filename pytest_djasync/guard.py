@@ -148,6 +148,8 @@ def _install(target: Target) -> patching.Patch | None:
 
 
 def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    if target.applies is _blocking_socket:
+        return _wrap_socket_method(original, target)
     applies = target.applies
 
     @functools.wraps(original)
@@ -155,18 +157,41 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
         step = watchdog.current_step()
         if step is None or step.in_guard or (applies is not None and not applies(args, kwargs)):
             return original(*args, **kwargs)
-        caller = sys._getframe(1)
-        step.in_guard = True  # report the outermost blocking call, not the socket under it
-        start = _perf()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            took = _perf() - start
-            step.in_guard = False
-            _report(step, target, caller, took)
-            del caller
+        return _call_watched(step, target, original, args, kwargs)
 
     return guarded
+
+
+def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """The same, shaped for the hot case: asyncio reads and writes non-blocking sockets (its
+    self-pipe on every thread hand-off) from inside loop steps, so that test comes first."""
+
+    @functools.wraps(original)
+    def guarded(sock: Any, *args: Any, **kwargs: Any) -> Any:
+        if sock.gettimeout() == 0.0:
+            return original(sock, *args, **kwargs)
+        step = watchdog.current_step()
+        if step is None or step.in_guard:
+            return original(sock, *args, **kwargs)
+        return _call_watched(step, target, original, (sock, *args), kwargs)
+
+    return guarded
+
+
+def _call_watched(
+    step: Any, target: Target, original: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """Make a blocking call from inside a loop step, and report it."""
+    caller = sys._getframe(2)  # the code that called the wrapper
+    step.in_guard = True  # report the outermost blocking call, not the socket under it
+    start = _perf()
+    try:
+        return original(*args, **kwargs)
+    finally:
+        took = _perf() - start
+        step.in_guard = False
+        _report(step, target, caller, took)
+        del caller
 
 
 def _report(step: Any, target: Target, caller: Any, took: float) -> None:
