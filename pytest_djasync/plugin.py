@@ -221,7 +221,7 @@ class WatchHooks:
             report.nodeid, report.when, report.outcome, getattr(report, ATTRIBUTE, None)
         )
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         records = self.watch.unreported_records()
         self.watch.stop()
         self.db_thread.close()
@@ -229,14 +229,22 @@ class WatchHooks:
             return
         for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
             self.results.add_unfinished(report.test_entry(record, self.root, self._detailed))
-        self._write_outputs()
+        partial = exitstatus == pytest.ExitCode.INTERRUPTED or bool(
+            session.shouldstop or session.shouldfail
+        )
+        self._write_outputs(partial)
 
-    def _write_outputs(self) -> None:
+    def _write_outputs(self, partial: bool) -> None:
         try:
             if self.settings.report.value is not None:
                 data = report.report_json(self.results.entries(), self.watch.block_ms)
                 report.write_atomically(self.root / self.settings.report.value, data)
-            if self.settings.baseline_write and self.settings.baseline.value is not None:
+            # A baseline from part of a run would drop the known findings of the rest.
+            if (
+                self.settings.baseline_write
+                and self.settings.baseline.value is not None
+                and not partial
+            ):
                 path = self.root / self.settings.baseline.value  # like the report: from rootdir
                 baseline.write(path, self.results.keys(failing_only=True))
         except OSError as exc:

@@ -165,7 +165,7 @@ def junit_properties(entry: Entry) -> list[tuple[str, object]]:
     properties: list[tuple[str, object]] = [("djasync_findings", sum(kinds.values()))]
     properties += [(f"djasync_{kind.replace('-', '_')}", n) for kind, n in sorted(kinds.items())]
     if "crossings" in entry:
-        properties.append(("djasync_crossings", entry["crossings"]["total"]))
+        properties.append(("djasync_crossings_total", entry["crossings"]["total"]))
     if "fanout" in entry:
         properties.append(("djasync_fanout_peak", entry["fanout"]["peak_concurrency"]))
     return properties

@@ -27,9 +27,10 @@ class Results:
             self._entries[nodeid] = entry
 
     def add_unfinished(self, entry: Entry) -> None:
-        """A test cut short (Ctrl-C): keep what it had found."""
-        self._entries.setdefault(entry["nodeid"], entry)
-        self._outcomes.setdefault(entry["nodeid"], "error")
+        """A test cut short (Ctrl-C): keep what it had found, as an error."""
+        if entry["nodeid"] not in self._entries:
+            self._entries[entry["nodeid"]] = entry
+            self._outcomes[entry["nodeid"]] = "error"
 
     def entries(self) -> list[Entry]:
         """Every watched test, in the order it finished, with its outcome."""

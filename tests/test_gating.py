@@ -158,7 +158,7 @@ def test_junit_xml_carries_the_counts(django_project: DjangoProject) -> None:
     assert properties["test_old_problem"]["djasync_findings"] == "1"
     assert properties["test_old_problem"]["djasync_blocking_call"] == "1"
     assert properties["test_clean"]["djasync_findings"] == "0"
-    assert properties["test_clean"]["djasync_crossings"] == "0"
+    assert properties["test_clean"]["djasync_crossings_total"] == "0"
 
 
 def test_interrupted_run_still_writes_what_ran(django_project: DjangoProject) -> None:
@@ -177,6 +177,23 @@ async def test_zz_interrupted():
     report = json.loads((django_project.path / "report.json").read_text())
     assert len(violations(report, "test_old_problem")) == 1
     assert len(violations(report, "test_zz_interrupted")) == 1
+    outcomes = {entry["nodeid"].split("::")[1]: entry["outcome"] for entry in report["tests"]}
+    assert outcomes["test_zz_interrupted"] == "error"
+
+
+def test_a_stopped_run_does_not_rewrite_the_baseline(django_project: DjangoProject) -> None:
+    django_project.tests(SUITE)
+    args = (
+        "--djasync",
+        "--djasync-baseline=b.txt",
+        "--djasync-baseline-write",
+        "-p",
+        "no:randomly",
+    )
+    django_project.run(*args)
+    before = (django_project.path / "b.txt").read_text()
+    django_project.run(*args, "-x")  # stops at the first failure: only part of the suite ran
+    assert (django_project.path / "b.txt").read_text() == before
 
 
 def test_an_internal_fault_is_reported_and_changes_no_outcome(
