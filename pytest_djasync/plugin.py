@@ -76,6 +76,7 @@ class WatchHooks:
         self._warmed = False
         self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
         self._detailed = settings.report.value is not None
+        self._junit = bool(getattr(config.option, "xmlpath", None))
 
     # -- which tests are watched, and how --------------------------------------------------------
 
@@ -201,7 +202,8 @@ class WatchHooks:
         entry = report.test_entry(record, self.root, self._detailed)
         record.reported = True
         item.stash[_ENTRY_KEY] = entry
-        item.user_properties.extend(report.junit_properties(entry))
+        if self._junit:
+            item.user_properties.extend(report.junit_properties(entry))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(

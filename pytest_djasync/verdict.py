@@ -62,6 +62,8 @@ class Judge:
         if not self.watch.running:
             return ""
         fresh = self.watch.take()
+        if not fresh:
+            return ""
         test_code = test_function_code(item)
         for finding in fresh:
             self._excuse(item, finding, test_code)
