@@ -8,6 +8,7 @@ asgiref and real event loops, and the plugin's patches and threads die with the 
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,40 @@ def violations(report: dict[str, Any], test: str) -> list[dict[str, Any]]:
     raise AssertionError(
         f"no test {test!r} in the report: {[t['nodeid'] for t in report['tests']]}"
     )
+
+
+def line_of(source: str, text: str) -> int:
+    """The 1-based line of ``text`` in ``source`` as the project writes it (dedented, stripped)."""
+    lines = textwrap.dedent(source).lstrip().splitlines()
+    [number] = [n for n, line in enumerate(lines, 1) if text in line]
+    return number
+
+
+def _postgres_reachable() -> str | None:
+    """``None`` when a PostgreSQL server answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'pytest-djasync[postgres]')"
+    try:
+        psycopg.connect(
+            host=os.environ.get("PGHOST", "127.0.0.1"),
+            port=os.environ.get("PGPORT", "5432"),
+            user=os.environ.get("PGUSER", "postgres"),
+            password=os.environ.get("PGPASSWORD", "postgres"),
+            dbname="postgres",
+            connect_timeout=2,
+        ).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL server reachable: {exc}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgres":
+        why_not = _postgres_reachable()
+        if why_not:
+            pytest.skip(why_not)
+        monkeypatch.setenv("DJASYNC_DB", "postgres")
+    return str(request.param)

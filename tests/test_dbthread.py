@@ -7,8 +7,6 @@ the problem is real (pytest-django issue 580), then with it.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.conftest import DjangoProject
@@ -73,36 +71,6 @@ async def test_5_num_queries_sees_the_views_queries(
     with django_assert_num_queries(1):
         await asgi_client.get("/names/")
 """
-
-
-def _postgres_reachable() -> str | None:
-    """``None`` when a PostgreSQL server answers, else why not."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'pytest-djasync[postgres]')"
-    try:
-        psycopg.connect(
-            host=os.environ.get("PGHOST", "127.0.0.1"),
-            port=os.environ.get("PGPORT", "5432"),
-            user=os.environ.get("PGUSER", "postgres"),
-            password=os.environ.get("PGPASSWORD", "postgres"),
-            dbname="postgres",
-            connect_timeout=2,
-        ).close()
-    except psycopg.Error as exc:
-        return f"no PostgreSQL server reachable: {exc}"
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "postgres":
-        why_not = _postgres_reachable()
-        if why_not:
-            pytest.skip(why_not)
-        monkeypatch.setenv("DJASYNC_DB", "postgres")
-    return str(request.param)
 
 
 @pytest.mark.parametrize("loop", ["function", "module"])

@@ -12,9 +12,7 @@ import json
 
 import pytest
 
-from tests.conftest import DjangoProject, violations
-from tests.test_dbthread import _postgres_reachable
-from tests.test_loop_block import line_of
+from tests.conftest import DjangoProject, line_of, violations
 
 VIEWS = """
 import asyncio
@@ -232,16 +230,6 @@ def test_crossings_made_while_serving_count_for_the_test(project: DjangoProject)
     [entry] = report["tests"]
     assert entry["crossings"]["total"] > 0
     assert entry["crossings"]["by_request"].get("GET /crosses/", 0) > 0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "postgres":
-        why_not = _postgres_reachable()
-        if why_not:
-            pytest.skip(why_not)
-        monkeypatch.setenv("DJASYNC_DB", "postgres")
-    return str(request.param)
 
 
 SEEDED_TESTS = """

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import shutil
 import sys
-import textwrap
 
 import django
 import pytest
 
-from tests.conftest import DjangoProject, violations
+from tests.conftest import DjangoProject, line_of, violations
 
 UPSTREAM = """
 import http.server
@@ -159,13 +158,6 @@ EXPECTED_CALLS = {
     "with_httpx_client": ("httpx.Client.send", "client.get("),
     "with_http_client": ("http.client.HTTPConnection.request", 'connection.request("GET", "/")'),
 }
-
-
-def line_of(source: str, text: str) -> int:
-    """The 1-based line of ``text`` in ``source`` as the project writes it (dedented, stripped)."""
-    lines = textwrap.dedent(source).lstrip().splitlines()
-    [number] = [n for n, line in enumerate(lines, 1) if text in line]
-    return number
 
 
 def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -> None:
