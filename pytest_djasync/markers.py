@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pytest_djasync.config import parse_block_ms
@@ -94,3 +96,32 @@ def fanout(item: pytest.Item) -> tuple[int, float | None] | None:
     ):
         raise pytest.UsageError(usage)
     return at_least, None if within is None else float(within)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a test's markers ask of the plugin, read once per test."""
+
+    block_ms: float
+    block_marked: bool
+    allow_reason: str | None
+    max_crossings: int | None
+    fanout: tuple[int, float | None] | None
+
+
+_PLAN_KEY = pytest.StashKey[Plan]()
+
+
+def plan(item: pytest.Item, default_block_ms: float) -> Plan:
+    """The test's plan, validated on first use (at collection) and kept on the item."""
+    known = item.stash.get(_PLAN_KEY, None)
+    if known is None:
+        known = Plan(
+            block_ms=block_ms(item, default_block_ms),
+            block_marked=item.get_closest_marker(BLOCK_MS) is not None,
+            allow_reason=allow_blocking_reason(item),
+            max_crossings=max_crossings(item),
+            fanout=fanout(item),
+        )
+        item.stash[_PLAN_KEY] = known
+    return known

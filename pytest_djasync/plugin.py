@@ -82,19 +82,19 @@ class WatchHooks:
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:  # bad marker arguments are usage errors, found before anything runs
-            markers.block_ms(item, self.settings.block_ms.value)
-            markers.allow_blocking_reason(item)
-            markers.max_crossings(item)
-            markers.fanout(item)
+            self._plan(item)
+
+    def _plan(self, item: pytest.Item) -> markers.Plan:
+        return markers.plan(item, self.settings.block_ms.value)
 
     def _watches_loop(self, item: pytest.Item) -> bool:
-        return self.settings.enabled.value or item.get_closest_marker(markers.BLOCK_MS) is not None
+        return self.settings.enabled.value or self._plan(item).block_marked
 
     def _counts(self, item: pytest.Item) -> bool:
-        return self.settings.enabled.value or markers.max_crossings(item) is not None
+        return self.settings.enabled.value or self._plan(item).max_crossings is not None
 
     def _records_fanout(self, item: pytest.Item) -> bool:
-        return self.settings.enabled.value or markers.fanout(item) is not None
+        return self.settings.enabled.value or self._plan(item).fanout is not None
 
     def _shares_db(self, item: pytest.Item) -> bool:
         """An async test of pytest-asyncio's, or any test using ``live_asgi_server``, in a
@@ -133,12 +133,11 @@ class WatchHooks:
         if watch_loop and not self._warmed:
             self._warmed = True
             djangohooks.warm_up()
-        block_ms = markers.block_ms(item, self.settings.block_ms.value)
-        self.watch.begin_test(item.nodeid, block_ms, watch_loop)
+        self.watch.begin_test(item.nodeid, self._plan(item).block_ms, watch_loop)
         try:
             return (yield)
         finally:
-            self.watch.end_test(item.nodeid, markers.allow_blocking_reason(item))
+            self.watch.end_test(item.nodeid, self._plan(item).allow_reason)
             if not self.settings.enabled.value:
                 self.watch.stop()  # a marked test in an unwatched run: leave no trace after it
 
@@ -182,7 +181,7 @@ class WatchHooks:
         if item.nodeid not in self.watch.records:
             return
         try:
-            phase = self.judge.phase(item, when, self.config.get_verbosity() > 0)
+            phase = self.judge.phase(item, self._plan(item), when, self.config.get_verbosity() > 0)
         except Exception as exc:  # a fault of ours must not change the test's outcome
             findings.internal_error(f"judging {item.nodeid}", exc)
             return

@@ -38,27 +38,29 @@ class Judge:
         self.root = root
         self.known = known
 
-    def phase(self, item: pytest.Item, when: str, verbose: bool) -> Phase:
+    def phase(self, item: pytest.Item, plan: markers.Plan, when: str, verbose: bool) -> Phase:
         result = Phase(notes=self.watch.take_notes() if self.watch.running else [])
-        texts = [self._loop_text(item, verbose)]
+        texts = [self._loop_text(item, plan, verbose)]
         if when == "call":
-            texts += [self._crossings_text(item), self._fanout_text(item)]
+            texts += [self._crossings_text(item, plan), self._fanout_text(item, plan)]
         result.text = "\n\n".join(t for t in texts if t)
         return result
 
-    def _excuse(self, item: pytest.Item, finding: Finding, test_code: CodeType | None) -> None:
+    def _excuse(
+        self, item: pytest.Item, plan: markers.Plan, finding: Finding, test_code: CodeType | None
+    ) -> None:
         if finding.allowed_by is not None:
             return
         if syncops.expected_by(finding, test_code):
             finding.allowed_by = CAUGHT
-        elif markers.allow_blocking_reason(item) is not None:
+        elif plan.allow_reason is not None:
             finding.allowed_by = MARKER
         elif self.known.knows(
             baseline.key(item.nodeid, report.violation_json(finding, self.root))
         ):
             finding.allowed_by = BASELINE
 
-    def _loop_text(self, item: pytest.Item, verbose: bool) -> str:
+    def _loop_text(self, item: pytest.Item, plan: markers.Plan, verbose: bool) -> str:
         if not self.watch.running:
             return ""
         fresh = self.watch.take()
@@ -66,14 +68,14 @@ class Judge:
             return ""
         test_code = test_function_code(item)
         for finding in fresh:
-            self._excuse(item, finding, test_code)
+            self._excuse(item, plan, finding, test_code)
         failing = [f for f in fresh if f.allowed_by is None]
         if not failing:
             return ""
         return report.failure_text(failing, self.watch.current_block_ms, self.root, verbose)
 
-    def _crossings_text(self, item: pytest.Item) -> str:
-        limit = markers.max_crossings(item)
+    def _crossings_text(self, item: pytest.Item, plan: markers.Plan) -> str:
+        limit = plan.max_crossings
         record = self.watch.records.get(item.nodeid)
         recorder = record.crossings if record else None
         if limit is None or recorder is None or recorder.total <= limit:
@@ -83,8 +85,8 @@ class Judge:
             return report.crossings_text(recorder, limit, "in this test's call phase")
         return ""
 
-    def _fanout_text(self, item: pytest.Item) -> str:
-        expected = markers.fanout(item)
+    def _fanout_text(self, item: pytest.Item, plan: markers.Plan) -> str:
+        expected = plan.fanout
         record = self.watch.records.get(item.nodeid)
         recorder = record.fanout if record else None
         if expected is None or recorder is None:
