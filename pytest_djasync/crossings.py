@@ -55,10 +55,6 @@ class Crossing:
             self._explained = attribute(self)
         return self._explained
 
-    @property
-    def wrapped(self) -> str:
-        return callable_name(self.func)
-
     def user_line(self) -> str | None:
         for code, line, _ in self.callers:
             if findings.is_user_path(code.co_filename):

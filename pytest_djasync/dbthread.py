@@ -63,10 +63,6 @@ class DatabaseThread:
         self._shared: dict[str, Any] = {}
         self._signals = contextlib.ExitStack()
 
-    @property
-    def active(self) -> bool:
-        return bool(self._patches)
-
     def share(self) -> None:
         """Route thread-sensitive work to the database thread, on the caller's connections."""
         from django.db import connections

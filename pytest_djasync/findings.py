@@ -13,7 +13,8 @@ import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -131,9 +132,6 @@ class Collector:
         with self._lock:
             return list(self._by_key.values())
 
-    def failing(self) -> list[Finding]:
-        return [f for f in self.findings() if f.allowed_by is None]
-
 
 def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
     for pattern in patterns:
@@ -188,10 +186,6 @@ def take_internal_errors() -> list[str]:
 
 def recording() -> bool:
     return _active is not None
-
-
-def active_collector() -> Collector | None:
-    return _active
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -267,5 +261,10 @@ def user_frame(stack: Stack) -> Frame | None:
     return stack[-1] if stack else None
 
 
-def user_frames(stack: Iterable[Frame]) -> Iterator[Frame]:
-    return (frame for frame in stack if is_user_path(frame.path))
+def most_seen(samples: Sequence[Stack]) -> tuple[Frame | None, int, Stack] | None:
+    """The user location sampled most often, how often, and the latest stack showing it."""
+    if not samples:
+        return None
+    place, seen = Counter(user_frame(stack) for stack in samples).most_common(1)[0]
+    stack = next(s for s in reversed(samples) if user_frame(s) == place)
+    return place, seen, stack

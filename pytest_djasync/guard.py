@@ -112,11 +112,9 @@ class Guard:
         self._groups = frozenset(groups)
         self._pending = [t for t in TARGETS if t.group in self._groups]
         self._patches: list[patching.Patch] = []
-        self.active = False
 
     def arm(self) -> None:
         """Patch every chosen target whose module is imported by now (cheap to call often)."""
-        self.active = True
         still_pending = []
         for target in self._pending:
             if target.module not in sys.modules:
@@ -128,7 +126,6 @@ class Guard:
         self._pending = still_pending
 
     def disarm(self) -> None:
-        self.active = False
         for patch in reversed(self._patches):
             patch.undo()
         self._patches.clear()

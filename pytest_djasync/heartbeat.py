@@ -15,7 +15,6 @@ import functools
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -104,13 +103,12 @@ def _debugging() -> bool:
 
 
 def _judge(watched: _Watched, lag: float, samples: list[findings.Stack]) -> None:
-    places = Counter(findings.user_frame(stack) for stack in samples)
-    if not places:
+    most = findings.most_seen(samples)
+    if most is None:
         return  # nothing seen during the wait: no evidence the loop itself was stuck
-    place, seen = places.most_common(1)[0]
+    place, seen, stack = most
     if place is None or seen < _AGREEMENT * len(samples):
         return  # many places: a backlog of short callbacks, not one stall
-    stack = next(s for s in reversed(samples) if findings.user_frame(s) == place)
     from pytest_djasync.watchdog import stall_fix
 
     findings.record(

@@ -23,7 +23,6 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -336,10 +335,9 @@ def _thread_name(ident: int) -> str:
 
 def _stall_stack(samples: list[Stack], handle: asyncio.Handle) -> tuple[Stack, str]:
     """The stack sampled most often at one user location during the stall."""
-    if samples:
-        places = Counter(findings.user_frame(s) for s in samples)
-        place, _ = places.most_common(1)[0]
-        return next(s for s in reversed(samples) if findings.user_frame(s) == place), ""
+    seen = findings.most_seen(samples)
+    if seen is not None:
+        return seen[2], ""
     return _suspended_stack(handle), (
         "no sample could be taken during the stall (the loop thread held the GIL throughout);"
         " the stack shows where the task suspended next"
