@@ -140,73 +140,42 @@ def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     return __call__
 
 
-_patches: list[patching.Patch] = []
-# Ours, left behind a patch someone laid over them while we counted (``monkeypatch.setattr`` in
-# a test body is undone only at teardown, after counting stopped): inert, undone once exposed.
-_stale: list[patching.Patch] = []
+def _wrap_adapters() -> list[patching.Patch]:
+    return [
+        patching.install(SyncToAsync, "__call__", _counting_sync_to_async(SyncToAsync.__call__)),
+        patching.install(AsyncToSync, "__call__", _counting_async_to_sync(AsyncToSync.__call__)),
+    ]
+
+
+_shared = patching.Shared(_wrap_adapters)
 
 
 def _is_live(wrapper: Any) -> bool:
     # A stale wrapper that a later restore put back under a fresh one must not count twice.
-    return any(patch.wrapper is wrapper for patch in _patches)
-
-
-def _undo_stale() -> None:
-    _stale[:] = [patch for patch in _stale if not patch.undo()]
+    return _shared.installs(wrapper)
 
 
 def start(recorder: Recorder) -> Recorder:
     """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
-    _install()
+    _shared.acquire(recorder)
     _recorders.append(recorder)
     return recorder
-
-
-def _install() -> None:
-    if not _patches:
-        _undo_stale()
-        _patches.extend(
-            (
-                patching.install(
-                    SyncToAsync, "__call__", _counting_sync_to_async(SyncToAsync.__call__)
-                ),
-                patching.install(
-                    AsyncToSync, "__call__", _counting_async_to_sync(AsyncToSync.__call__)
-                ),
-            )
-        )
-
-
-_pins: list[object] = []
-
-
-def pin(owner: object) -> None:
-    """Keep the wrappers installed while ``owner`` runs (a whole watched session), so tests
-    do not pay for installing and removing them one by one."""
-    _pins.append(owner)
-    _install()
-
-
-def unpin(owner: object) -> None:
-    if owner in _pins:
-        _pins.remove(owner)
-    _uninstall_if_unused()
 
 
 def stop(recorder: Recorder) -> None:
     """Stop feeding ``recorder``; the last one out restores asgiref exactly."""
     if recorder in _recorders:
         _recorders.remove(recorder)
-    _uninstall_if_unused()
+    _shared.release(recorder)
 
 
-def _uninstall_if_unused() -> None:
-    if not _recorders and not _pins:
-        for patch in reversed(_patches):
-            if not patch.undo():
-                _stale.append(patch)
-        _patches.clear()
-        _undo_stale()
+def pin(owner: object) -> None:
+    """Keep the wrappers installed while ``owner`` (a whole watched session) runs."""
+    _shared.acquire(owner)
+
+
+def unpin(owner: object) -> None:
+    _shared.release(owner)
 
 
 # -- attribution --------------------------------------------------------------------------------

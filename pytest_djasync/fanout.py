@@ -164,7 +164,6 @@ def timeline(recorder: Recorder, headline: str, width: int = 40) -> str:
 # -- recording ----------------------------------------------------------------------------------
 
 _recorders: list[Recorder] = []
-_patches: list[patching.Patch] = []
 
 
 def _outbound(client: httpx.Client | httpx.AsyncClient, request: httpx.Request) -> bool:
@@ -232,13 +231,20 @@ def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
 _lock = threading.Lock()
 
 
-_pins: list[object] = []
+def _wrap_send() -> list[patching.Patch]:
+    return [
+        patching.install(httpx.AsyncClient, "send", _timing_async(httpx.AsyncClient.send)),
+        patching.install(httpx.Client, "send", _timing_sync(httpx.Client.send)),
+    ]
+
+
+_shared = patching.Shared(_wrap_send)
 
 
 def start(recorder: Recorder) -> Recorder:
     """Send every outbound request to ``recorder``; wraps httpx if nobody has yet."""
     with _lock:
-        _install()
+        _shared.acquire(recorder)
         _recorders.append(recorder)
     return recorder
 
@@ -248,33 +254,15 @@ def stop(recorder: Recorder) -> None:
     with _lock:
         if recorder in _recorders:
             _recorders.remove(recorder)
-        _uninstall_if_unused()
+        _shared.release(recorder)
 
 
 def pin(owner: object) -> None:
-    """Keep the wrappers installed while ``owner`` runs (a whole watched session)."""
+    """Keep the wrappers installed while ``owner`` (a whole watched session) runs."""
     with _lock:
-        _pins.append(owner)
-        _install()
+        _shared.acquire(owner)
 
 
 def unpin(owner: object) -> None:
     with _lock:
-        if owner in _pins:
-            _pins.remove(owner)
-        _uninstall_if_unused()
-
-
-def _install() -> None:
-    if not _patches:
-        _patches.append(
-            patching.install(httpx.AsyncClient, "send", _timing_async(httpx.AsyncClient.send))
-        )
-        _patches.append(patching.install(httpx.Client, "send", _timing_sync(httpx.Client.send)))
-
-
-def _uninstall_if_unused() -> None:
-    if not _recorders and not _pins:
-        for patch in reversed(_patches):
-            patch.undo()
-        _patches.clear()
+        _shared.release(owner)

@@ -8,6 +8,7 @@ detector), theirs stays in place and ours stays behind it, inert once its owner 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 _MISSING = object()
@@ -35,3 +36,46 @@ def install(owner: Any, attr: str, wrapper: Any) -> Patch:
     original = vars(owner).get(attr, _MISSING)
     setattr(owner, attr, wrapper)
     return Patch(owner, attr, original, wrapper)
+
+
+class Shared:
+    """A set of patches installed while anyone needs it: a test's recorder, or a whole watched
+    session that pins it so tests do not pay for installing and removing it one by one.
+
+    When the last user leaves, each patch is undone; one that someone patched over meanwhile (a
+    ``monkeypatch.setattr`` undone only after the test) is kept aside, inert, and undone as soon
+    as it is exposed again.
+    """
+
+    def __init__(self, make: Callable[[], list[Patch]]) -> None:
+        self._make = make
+        self.patches: list[Patch] = []
+        self.wrappers: frozenset[int] = frozenset()  # ids of the current wrappers, for hot paths
+        self._users: list[object] = []
+        self._stale: list[Patch] = []
+
+    def acquire(self, user: object) -> None:
+        if not self.patches:
+            self._undo_stale()
+            self.patches = self._make()
+            self.wrappers = frozenset(id(patch.wrapper) for patch in self.patches)
+        self._users.append(user)
+
+    def release(self, user: object) -> None:
+        if user in self._users:
+            self._users.remove(user)
+        if self._users:
+            return
+        for patch in reversed(self.patches):
+            if not patch.undo():
+                self._stale.append(patch)
+        self.patches = []
+        self.wrappers = frozenset()
+        self._undo_stale()
+
+    def installs(self, wrapper: object) -> bool:
+        """True for a wrapper of the current set, not a stale one a restore put back."""
+        return id(wrapper) in self.wrappers
+
+    def _undo_stale(self) -> None:
+        self._stale = [patch for patch in self._stale if not patch.undo()]
