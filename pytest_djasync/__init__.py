@@ -1,8 +1,31 @@
 """pytest-djasync: make the async-safety of Django code testable and CI-gateable."""
 
-from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from pytest_djasync.errors import AsyncSafetyFailure
-from pytest_djasync.latency import latency
+
+if TYPE_CHECKING:
+    from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
+    from pytest_djasync.latency import latency
 
 __all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app", "latency"]
 __version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "ASGIStreamingTransport": "pytest_djasync.client",
+    "django_asgi_app": "pytest_djasync.client",
+    "latency": "pytest_djasync.latency",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # pytest imports this package for its plugin; httpx loads only when a test needs it.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pytest_djasync' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

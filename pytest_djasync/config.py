@@ -137,6 +137,14 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(ALLOW.ini, ALLOW.help, type="linelist", default=[])
 
 
+def distributes_tests(config: pytest.Config) -> bool:
+    """True in a pytest-xdist controller: workers run the tests and send their reports here."""
+    if hasattr(config, "workerinput"):
+        return False
+    option = config.option
+    return bool(getattr(option, "numprocesses", None)) or getattr(option, "dist", "no") != "no"
+
+
 def resolve(config: pytest.Config) -> Settings:
     """Read every setting once; raise ``pytest.UsageError`` naming any bad value."""
     report = _pick(config, REPORT, _parse_path, None)

@@ -117,6 +117,12 @@ class Collector:
             if finding.duration_ms is not None:
                 known.duration_ms = (known.duration_ms or 0.0) + finding.duration_ms
 
+    @property
+    def empty(self) -> bool:
+        # No lock: a dict's truth is read atomically, and a finding made meanwhile is taken
+        # by the next phase's check (or at the end of the test).
+        return not (self._by_key or self._notes)
+
     def note(self, key: str, text: str) -> None:
         """Something worth a warning that is not a finding; repeats are counted, not repeated."""
         with self._lock:

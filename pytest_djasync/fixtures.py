@@ -1,18 +1,21 @@
-"""Fixture functions only; each delegates to the module that owns its capability."""
+"""Fixture functions only; each delegates to the module that owns its capability.
+
+Those modules are imported when a fixture is used, not when pytest loads the plugin.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
-from pytest_djasync import client, crossings, djangohooks, fanout, live, report
-from pytest_djasync.session import Watch
+if TYPE_CHECKING:
+    import httpx
 
-WATCH_KEY = pytest.StashKey[Watch]()
+    from pytest_djasync import crossings, fanout, live
 
 
 @pytest.fixture
@@ -23,6 +26,10 @@ def asgi_client() -> Iterator[httpx.AsyncClient]:
     synchronous on purpose: it works in whatever event loop the test runs in (any
     pytest-asyncio loop scope).
     """
+    import httpx
+
+    from pytest_djasync import client, djangohooks
+
     transport = client.ASGIStreamingTransport(app_factory=client.django_asgi_app)
     with djangohooks.test_client_signals():
         yield httpx.AsyncClient(transport=transport, base_url="http://testserver")
@@ -33,6 +40,8 @@ def asgi_client() -> Iterator[httpx.AsyncClient]:
 def djasync_crossings() -> Iterator[crossings.Recorder]:
     """Every sync/async crossing from now to the end of the test: ``.crossings``, ``.total``,
     ``.by_origin()``, ``.by_request()``."""
+    from pytest_djasync import crossings
+
     recorder = crossings.start(crossings.Recorder())
     try:
         yield recorder
@@ -46,6 +55,7 @@ def djasync_assert_max_crossings() -> Callable[[int], AbstractContextManager[cro
 
     Modelled on pytest-django's ``django_assert_max_num_queries``.
     """
+    from pytest_djasync import crossings, report
 
     @contextlib.contextmanager
     def assert_max_crossings(limit: int) -> Iterator[crossings.Recorder]:
@@ -66,6 +76,8 @@ def djasync_assert_max_crossings() -> Callable[[int], AbstractContextManager[cro
 def djasync_fanout() -> Iterator[fanout.Recorder]:
     """Every outbound httpx request from now to the end of the test: ``.calls``,
     ``.peak_concurrency``, ``.wall``, ``.slowest``, ``.assert_concurrent(n, within=None)``."""
+    from pytest_djasync import fanout
+
     recorder = fanout.start(fanout.Recorder())
     try:
         yield recorder
@@ -86,6 +98,8 @@ def live_asgi_server() -> Iterator[live.LiveServer]:
     settings overrides that change how it is built (``MIDDLEWARE``) do not reach it. Needs
     ``pip install 'pytest-djasync[live]'``.
     """
+    from pytest_djasync import live
+
     server = live.LiveServer()
     problem = ""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 
@@ -108,20 +109,38 @@ class Plan:
     max_crossings: int | None
     fanout: tuple[int, float | None] | None
 
+    @property
+    def asks_for_watching(self) -> bool:
+        """True when the markers make the test watched even in a run without ``--djasync``."""
+        return self.block_marked or self.max_crossings is not None or self.fanout is not None
+
 
 _PLAN_KEY = pytest.StashKey[Plan]()
+_OURS = frozenset(_HELP)
 
 
 def plan(item: pytest.Item, default_block_ms: float) -> Plan:
     """The test's plan, validated on first use (at collection) and kept on the item."""
     known = item.stash.get(_PLAN_KEY, None)
     if known is None:
-        known = Plan(
-            block_ms=block_ms(item, default_block_ms),
-            block_marked=item.get_closest_marker(BLOCK_MS) is not None,
-            allow_reason=allow_blocking_reason(item),
-            max_crossings=max_crossings(item),
-            fanout=fanout(item),
-        )
+        known = _read(item, default_block_ms)
         item.stash[_PLAN_KEY] = known
     return known
+
+
+def _read(item: pytest.Item, default_block_ms: float) -> Plan:
+    # One walk over the markers: most tests carry none of ours and share one plan.
+    if not any(marker.name in _OURS for marker in item.iter_markers()):
+        return _unmarked(default_block_ms)
+    return Plan(
+        block_ms=block_ms(item, default_block_ms),
+        block_marked=item.get_closest_marker(BLOCK_MS) is not None,
+        allow_reason=allow_blocking_reason(item),
+        max_crossings=max_crossings(item),
+        fanout=fanout(item),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _unmarked(default_block_ms: float) -> Plan:
+    return Plan(default_block_ms, False, None, None, None)

@@ -159,6 +159,21 @@ def test_entry(record: TestRecord, root: Path, detailed: bool) -> Entry:
     return entry
 
 
+def empty_entry(nodeid: str, detailed: bool) -> Entry:
+    """The entry of a clean test in a ``--djasync`` run: what ``test_entry`` says of a test
+    that found nothing, made no crossing and sent no request."""
+    crossings: dict[str, Any] = {"total": 0}
+    if detailed:
+        crossings["by_origin"] = {}
+    crossings["by_request"] = {}
+    return {
+        "nodeid": nodeid,
+        "violations": [],
+        "crossings": crossings,
+        "fanout": {"requests": 0, "peak_concurrency": 0},
+    }
+
+
 def junit_properties(entry: Entry) -> list[tuple[str, object]]:
     """Counts for JUnit XML ``<property>`` elements, so CI systems can show them."""
     kinds = Counter(v["kind"] for v in entry["violations"])

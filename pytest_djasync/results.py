@@ -6,6 +6,7 @@ pytest-xdist workers arrive exactly like those of a single process: once each, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pytest_djasync.baseline import Key, key
@@ -17,13 +18,14 @@ ATTRIBUTE = "djasync"  # the test report attribute that carries a test's entry
 
 class Results:
     def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
+        self._entries: dict[str, Entry | None] = {}  # None: the test sent no entry
         self._outcomes: dict[str, str] = {}
 
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""
-        self._outcomes[nodeid] = _merge(self._outcomes.get(nodeid, "passed"), when, outcome)
-        if entry is not None:
+        if outcome != "passed":
+            self._outcomes[nodeid] = _merge(self._outcomes.get(nodeid, "passed"), when, outcome)
+        if when == "teardown":
             self._entries[nodeid] = entry
 
     def add_unfinished(self, entry: Entry) -> None:
@@ -32,18 +34,27 @@ class Results:
             self._entries[entry["nodeid"]] = entry
             self._outcomes[entry["nodeid"]] = "error"
 
-    def entries(self) -> list[Entry]:
-        """Every watched test, in the order it finished, with its outcome."""
-        return [
-            {"nodeid": nodeid, "outcome": self._outcomes.get(nodeid, "error"), **entry}
-            for nodeid, entry in self._entries.items()
-        ]
+    def entries(
+        self, empty: Callable[[str, bool], Entry] | None, *, detailed: bool
+    ) -> list[Entry]:
+        """Every watched test, in the order it finished, with its outcome. A test that sent no
+        entry had nothing to say: ``empty`` makes its entry, or it is left out (with no
+        ``empty``, only tests with entries were watched)."""
+        result = []
+        for nodeid, sent in self._entries.items():
+            entry = sent if sent is not None or empty is None else empty(nodeid, detailed)
+            if entry is not None:
+                result.append(
+                    {"nodeid": nodeid, "outcome": self._outcomes.get(nodeid, "passed"), **entry}
+                )
+        return result
 
     def keys(self, *, failing_only: bool) -> set[Key]:
         """Baseline keys of the findings: all of them, or those not excused otherwise."""
         return {
             key(entry["nodeid"], violation)
             for entry in self._entries.values()
+            if entry is not None
             for violation in entry["violations"]
             if not failing_only or violation.get("allowed_by") in (None, "baseline")
         }

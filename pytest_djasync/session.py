@@ -36,6 +36,14 @@ class TestRecord:
     fanout: fanout.Recorder | None = None
     reported: bool = False  # its entry went out on the teardown report
 
+    def is_empty(self) -> bool:
+        """Nothing to say beyond what every clean test says: no finding, crossing or request."""
+        return not (
+            self.findings
+            or (self.crossings is not None and self.crossings.total)
+            or (self.fanout is not None and self.fanout.calls)
+        )
+
 
 class Watch:
     def __init__(self, block_ms: float, guards: Iterable[str], allow: Sequence[str]) -> None:
@@ -51,6 +59,7 @@ class Watch:
         self.running = False
 
     def start(self) -> None:
+        djangohooks.warm_up()  # the first request must not pay for importing the project
         self._watchdog.start(self.block_ms)
         self._guard.arm()
         self._patches = djangohooks.track_requests() + syncops.install()
@@ -98,10 +107,15 @@ class Watch:
         if record.fanout is not None:
             fanout.stop(record.fanout)
 
+    def has_news(self) -> bool:
+        """Whether the running test's collector holds anything (cheap: checked every phase)."""
+        collector = self._collector
+        return collector is not None and not collector.empty
+
     def take(self) -> list[Finding]:
         """Findings made since the last call, for the test phase that just ended."""
         collector = self._collector
-        if collector is None:
+        if collector is None or collector.empty:
             return []
         record = self.records[collector.nodeid]
         known = {id(f) for f in record.findings}
@@ -116,7 +130,7 @@ class Watch:
     def take_notes(self) -> list[str]:
         """Notes made since the last call."""
         collector = self._collector
-        if collector is None:
+        if collector is None or collector.empty:
             return []
         record = self.records[collector.nodeid]
         fresh = [note for note in collector.notes if note not in record.notes]

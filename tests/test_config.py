@@ -420,6 +420,41 @@ def test_installed_but_not_enabled_changes_nothing(django_project):
     result.stdout.no_fnmatch_line("*djasync summary*")
 
 
+def test_installed_but_not_enabled_registers_no_per_test_hooks(django_project):
+    """Nothing to watch: the per-test hooks are not registered and the detectors not imported."""
+    django_project.tests(
+        """
+        import sys
+
+        def test_nothing_watches(request):
+            manager = request.config.pluginmanager
+            assert manager.has_plugin("djasync-fixtures")
+            assert not manager.has_plugin("djasync-watch")
+            assert not manager.has_plugin("djasync-db-thread")
+            loaded = [m for m in sys.modules if m.startswith("pytest_djasync.")]
+            assert "pytest_djasync.watching" not in loaded, loaded
+            assert "pytest_djasync.watchdog" not in loaded, loaded
+        """
+    )
+    django_project.run().assert_outcomes(passed=1)
+
+
+def test_one_marked_test_registers_the_hooks_for_the_run(django_project):
+    django_project.tests(
+        """
+        import pytest
+
+        def test_unmarked(request):
+            assert request.config.pluginmanager.has_plugin("djasync-watch")
+
+        @pytest.mark.djasync_max_crossings(0)
+        def test_marked():
+            pass
+        """
+    )
+    django_project.run().assert_outcomes(passed=2)
+
+
 def test_disabled_with_no_djasync(project):
     message = usage_error(project, "-p", "no:djasync", "--djasync")
     assert "unrecognized arguments: --djasync" in message

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from pytest_djasync import crossings, fanout, report
+from pytest_djasync.session import TestRecord as Record
 from tests.conftest import DjangoProject, violations
 
 SUITE = """
@@ -215,3 +217,13 @@ def test_an_internal_fault_is_reported_and_changes_no_outcome(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*pytest-djasync internal error while judging*boom*"])
     assert len(violations(report, "test_old_problem")) == 1
+
+
+@pytest.mark.parametrize("detailed", [False, True], ids=["summary", "report-file"])
+def test_a_clean_test_needs_no_entry_of_its_own(tmp_path: Any, detailed: bool) -> None:
+    """A clean test of a --djasync run sends no entry: the controller makes the same one."""
+    record = Record("t.py::test", crossings=crossings.Recorder(), fanout=fanout.Recorder())
+    assert record.is_empty()
+    sent = report.test_entry(record, tmp_path, detailed)
+    made = report.empty_entry("t.py::test", detailed)
+    assert json.dumps(sent) == json.dumps(made)

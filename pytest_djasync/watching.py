@@ -1,0 +1,261 @@
+"""The hooks of a watched run, registered only when some test is watched: a run without
+``--djasync`` and without the plugin's markers never calls into this module.
+
+Hook bodies that delegate, as in ``plugin``; each test pays a few dictionary look-ups unless it
+found something.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from pytest_djasync import _compat, baseline, findings, live, markers, report
+from pytest_djasync import config as _config
+from pytest_djasync.dbthread import DatabaseThread
+from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
+from pytest_djasync.results import ATTRIBUTE, Results
+from pytest_djasync.session import Watch
+from pytest_djasync.verdict import Judge
+
+
+def start(config: pytest.Config, settings: _config.Settings) -> None:
+    """Register the hooks of a watched run (once)."""
+    manager = config.pluginmanager
+    if manager.has_plugin(WATCH_PLUGIN):
+        return
+    manager.register(WatchHooks(config, settings), WATCH_PLUGIN)
+    if settings.enabled.value and settings.db_thread.value:
+        manager.register(DatabaseSharing(), DB_PLUGIN)
+
+
+WATCH_PLUGIN = "djasync-watch"
+DB_PLUGIN = "djasync-db-thread"
+
+
+def _load_baseline(settings: _config.Settings, root: Path) -> baseline.Baseline:
+    path = settings.baseline.value
+    if path is None or settings.baseline_write:
+        return baseline.Baseline()
+    try:
+        return baseline.Baseline.load(root / path)
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"pytest-djasync: {settings.baseline.source}: {exc}") from None
+
+
+class WatchHooks:
+    """The per-test hooks; they watch every test under ``--djasync``, else only marked ones."""
+
+    def __init__(self, config: pytest.Config, settings: _config.Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.enabled = settings.enabled.value
+        self.root = Path(config.rootpath)
+        self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
+        self.known = _load_baseline(settings, self.root)
+        self.judge = Judge(self.watch, self.root, self.known)
+        self.results = Results()
+        self._outgoing: dict[str, report.Entry] = {}  # entries waiting for their teardown report
+        self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
+        self._detailed = settings.report.value is not None
+        self._junit = bool(getattr(config.option, "xmlpath", None))
+
+    def _plan(self, item: pytest.Item) -> markers.Plan:
+        return markers.plan(item, self.settings.block_ms.value)
+
+    # -- one test ---------------------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        plan = self._plan(item)
+        if not (self.enabled or plan.asks_for_watching):
+            return (yield)
+        nodeid = item.nodeid
+        self.watch.begin_test(nodeid, plan.block_ms, self.enabled or plan.block_marked)
+        try:
+            return (yield)
+        finally:
+            self.watch.end_test(nodeid, plan.allow_reason)
+            if not self.enabled:
+                self.watch.stop()  # a marked test in an unwatched run: leave no trace after it
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        nodeid = item.nodeid
+        if nodeid not in self.watch.records:
+            return (yield)
+        plan = self._plan(item)
+        self.watch.begin_call(
+            nodeid,
+            self.enabled or plan.max_crossings is not None,
+            self.enabled or plan.fanout is not None,
+        )
+        try:
+            result = yield
+        except BaseException:
+            self._end_call(nodeid)
+            self._check(item, plan, "call", test_failed=True)
+            raise
+        self._end_call(nodeid)
+        self._check(item, plan, "call", test_failed=False)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        nodeid = item.nodeid
+        if nodeid not in self.watch.records:
+            return (yield)
+        failed = False
+        try:
+            return (yield)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            try:
+                self._check(item, self._plan(item), "teardown", test_failed=failed)
+            finally:
+                self._hand_over(item, nodeid)
+
+    def _end_call(self, nodeid: str) -> None:
+        live.settle_all()  # requests the live server is still serving belong to this test
+        self.watch.end_call(nodeid)
+
+    def _check(self, item: pytest.Item, plan: markers.Plan, when: str, test_failed: bool) -> None:
+        """Fail the phase that just ended with every problem found in it; when the test failed
+        on its own, or in warn mode, attach them to its report instead."""
+        expects = when == "call" and (plan.max_crossings is not None or plan.fanout is not None)
+        if not (expects or self.watch.has_news()):
+            return
+        try:
+            phase = self.judge.phase(item, plan, when, self.config.get_verbosity() > 0)
+        except Exception as exc:  # a fault of ours must not change the test's outcome
+            findings.internal_error(f"judging {item.nodeid}", exc)
+            return
+        for note in phase.notes:
+            item.warn(DjasyncWarning(note))
+        if not phase.text:
+            return
+        if test_failed or self.settings.mode.value == "warn":
+            item.add_report_section(when, "djasync", phase.text)
+            return
+        raise AsyncSafetyFailure(phase.text, pytrace=False)
+
+    def _hand_over(self, item: pytest.Item, nodeid: str) -> None:
+        """Give the test's entry to its teardown report; an empty one in a ``--djasync`` run
+        stays behind (the controller knows what it says), so clean tests cost nothing here."""
+        record = self.watch.records[nodeid]
+        record.reported = True
+        entry = None
+        if not (self.enabled and record.is_empty()):
+            entry = self._outgoing[nodeid] = report.test_entry(record, self.root, self._detailed)
+        if self._junit:
+            entry = entry or report.empty_entry(nodeid, self._detailed)
+            item.user_properties.extend(report.junit_properties(entry))
+
+    # -- the whole run ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends the report up
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown" and self._outgoing:
+            entry = self._outgoing.pop(report.nodeid, None)
+            if entry is not None:
+                setattr(report, ATTRIBUTE, entry)
+        if self._controller:
+            self.results.add(
+                report.nodeid, report.when, report.outcome, getattr(report, ATTRIBUTE, None)
+            )
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        records = self.watch.unreported_records()
+        self.watch.stop()
+        if not self._controller:
+            return
+        for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
+            self.results.add_unfinished(report.test_entry(record, self.root, self._detailed))
+        partial = exitstatus == pytest.ExitCode.INTERRUPTED or bool(
+            session.shouldstop or session.shouldfail
+        )
+        self._write_outputs(partial)
+
+    def _entries(self) -> list[report.Entry]:
+        return self.results.entries(
+            report.empty_entry if self.enabled else None, detailed=self._detailed
+        )
+
+    def _write_outputs(self, partial: bool) -> None:
+        try:
+            if self.settings.report.value is not None:
+                data = report.report_json(self._entries(), self.watch.block_ms)
+                report.write_atomically(self.root / self.settings.report.value, data)
+            # A baseline from part of a run would drop the known findings of the rest.
+            if (
+                self.settings.baseline_write
+                and self.settings.baseline.value is not None
+                and not partial
+            ):
+                path = self.root / self.settings.baseline.value  # like the report: from rootdir
+                baseline.write(path, self.results.keys(failing_only=True))
+        except OSError as exc:
+            findings.internal_error("writing the report files", exc)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self._controller:
+            return
+        entries = self._entries()
+        lines = report.summary_lines(entries)
+        costly = report.costliest_requests(entries)
+        if costly:
+            lines += ["costliest requests by sync/async crossings:", *costly]
+        lines += [f"known finding no longer seen: {k}" for k in self._stale()]
+        lines += [f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched()]
+        errors = findings.take_internal_errors()
+        if not (lines or errors):
+            return
+        terminalreporter.write_sep("=", "djasync summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+        for error in errors:
+            terminalreporter.write_line(error, red=True)
+        terminalreporter.write_line(report.totals_line(entries))
+
+    def _stale(self) -> list[str]:
+        if self.settings.baseline_write or not self.known.keys:
+            return []
+        return ["\t".join(k) for k in self.known.stale(self.results.keys(failing_only=False))]
+
+    def _unmatched(self) -> list[str]:
+        return self.watch.unmatched_patterns() if self.enabled else []
+
+
+class DatabaseSharing:
+    """Under ``--djasync``, an async test's thread-sensitive work runs in its transaction."""
+
+    def __init__(self) -> None:
+        self.db_thread = DatabaseThread()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        result = yield
+        if fixturedef.argname == _compat.DJANGO_DB_HELPER_FIXTURE and _shares_db(request.node):
+            self.db_thread.share()
+            # Runs first at teardown: the test's transaction is rolled back on its own thread.
+            fixturedef.addfinalizer(self.db_thread.unshare)
+        return result
+
+    def pytest_sessionfinish(self) -> None:
+        self.db_thread.close()
+
+
+def _shares_db(item: pytest.Item) -> bool:
+    """An async test of pytest-asyncio's, or any test using ``live_asgi_server``."""
+    function = getattr(item, "obj", None)
+    return function is not None and (
+        inspect.iscoroutinefunction(inspect.unwrap(function))
+        or "live_asgi_server" in getattr(item, "fixturenames", ())
+    )
