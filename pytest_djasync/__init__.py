@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pytest_djasync.errors import AsyncSafetyFailure
+from pytest_djasync.latency import latency  # binds the name over the submodule's
 
 if TYPE_CHECKING:
     from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
-    from pytest_djasync.latency import latency
 
 __all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app", "latency"]
 __version__ = "0.1.0.dev0"
@@ -16,7 +16,6 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "ASGIStreamingTransport": "pytest_djasync.client",
     "django_asgi_app": "pytest_djasync.client",
-    "latency": "pytest_djasync.latency",
 }
 
 

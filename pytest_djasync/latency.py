@@ -12,9 +12,10 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 _ASYNC_RESOLVER = "aresolve"  # respx's async route resolution; it awaits what we return
 
@@ -26,6 +27,8 @@ def latency(seconds: float, status_code: int = 200, **response: Any) -> Callable
 
     def side_effect(request: httpx.Request, **context: Any) -> Any:
         # respx passes a pattern's named groups (url__regex=r".../(?P<id>\d+)") as keywords
+        import httpx  # here: importing the plugin must not import httpx
+
         if _called_by_async_resolver():
             return _answer_later(seconds, status_code, response)
         time.sleep(seconds)
@@ -37,6 +40,8 @@ def latency(seconds: float, status_code: int = 200, **response: Any) -> Callable
 async def _answer_later(
     seconds: float, status_code: int, response: dict[str, Any]
 ) -> httpx.Response:
+    import httpx
+
     await asyncio.sleep(seconds)
     return httpx.Response(status_code, **response)
 

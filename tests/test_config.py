@@ -8,6 +8,8 @@ go to a subprocess.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -437,6 +439,26 @@ def test_installed_but_not_enabled_registers_no_per_test_hooks(django_project):
         """
     )
     django_project.run().assert_outcomes(passed=1)
+
+
+def test_loading_the_plugin_imports_no_detector_and_no_httpx():
+    code = (
+        "import sys, pytest_djasync.plugin, pytest_djasync.latency\n"
+        "from pytest_djasync import latency\n"
+        "assert callable(latency) and not isinstance(latency, type(sys)), latency\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('pytest_djasync.', 'httpx')))\n"
+        "print(' '.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "pytest_djasync.config",
+        "pytest_djasync.errors",
+        "pytest_djasync.fixtures",
+        "pytest_djasync.latency",
+        "pytest_djasync.markers",
+        "pytest_djasync.plugin",
+    ]
 
 
 def test_one_marked_test_registers_the_hooks_for_the_run(django_project):
