@@ -70,24 +70,31 @@ class Crossing:
 
 
 class Recorder:
-    """The crossings of one test (or one ``with`` block); thread-safe appends only."""
+    """The crossings of one test (or one ``with`` block); thread-safe appends only.
 
-    def __init__(self) -> None:
-        self.crossings: list[Crossing] = []
+    A recorder made with ``explain=False`` only counts (in total and by request): a crossing
+    recorded for nobody who wants it explained costs no look at the caller's frames.
+    """
+
+    def __init__(self, explain: bool = True) -> None:
+        self.explain = explain
+        self.crossings: list[Crossing] = []  # with explain=True: every crossing, explainable
+        self._requests: list[str | None] = []  # with explain=False: each crossing's request
 
     @property
     def total(self) -> int:
-        return len(self.crossings)
+        return len(self.crossings) + len(self._requests)
 
     def by_origin(self) -> dict[str, int]:
         counts = Counter(c.origin for c in self.crossings)
         return {origin: counts[origin] for origin in ORIGINS if counts[origin]}
 
     def by_request(self) -> dict[str, int]:
-        return dict(Counter(c.request for c in self.crossings if c.request))
+        requests = [c.request for c in self.crossings] + self._requests
+        return dict(Counter(r for r in requests if r))
 
     def __len__(self) -> int:
-        return len(self.crossings)
+        return self.total
 
     def __iter__(self) -> Iterator[Crossing]:
         return iter(list(self.crossings))
@@ -97,7 +104,11 @@ _recorders: list[Recorder] = []  # every active recorder gets every crossing (ne
 
 
 def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
-    if not _recorders:
+    recorders = list(_recorders)
+    if not any(recorder.explain for recorder in recorders):
+        request = findings.current_request.get()
+        for recorder in recorders:
+            recorder._requests.append(request)
         return
     callers: list[tuple[CodeType, int, str]] = []
     frame = caller
@@ -114,8 +125,11 @@ def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
         findings.current_request.get(),
         threading.current_thread().name,
     )
-    for recorder in list(_recorders):
-        recorder.crossings.append(crossing)
+    for recorder in recorders:
+        if recorder.explain:
+            recorder.crossings.append(crossing)
+        else:
+            recorder._requests.append(crossing.request)
 
 
 def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:

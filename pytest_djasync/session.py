@@ -92,11 +92,14 @@ class Watch:
         self._collector = Collector(nodeid, self.allow)
         findings.activate(self._collector)
 
-    def begin_call(self, nodeid: str, count_crossings: bool, record_fanout: bool) -> None:
-        """Count crossings and record outbound requests for the test's call phase."""
+    def begin_call(
+        self, nodeid: str, count_crossings: bool, record_fanout: bool, explain: bool
+    ) -> None:
+        """Count crossings and record outbound requests for the test's call phase; ``explain``
+        when something will ask where each crossing came from."""
         record = self.records[nodeid]
         if count_crossings:
-            record.crossings = crossings.start(crossings.Recorder())
+            record.crossings = crossings.start(crossings.Recorder(explain))
         if record_fanout:
             record.fanout = fanout.start(fanout.Recorder())
 

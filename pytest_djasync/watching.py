@@ -88,10 +88,12 @@ class WatchHooks:
         if nodeid not in self.watch.records:
             return (yield)
         plan = self._plan(item)
+        budget = plan.max_crossings is not None
         self.watch.begin_call(
             nodeid,
-            self.enabled or plan.max_crossings is not None,
-            self.enabled or plan.fanout is not None,
+            count_crossings=self.enabled or budget,
+            record_fanout=self.enabled or plan.fanout is not None,
+            explain=budget or self._detailed,  # a failed budget and the report file say why
         )
         try:
             result = yield

@@ -766,3 +766,36 @@ def test_a_users_own_patch_is_chained_not_clobbered(django_project: DjangoProjec
     django_project.tests(USER_PATCH_TESTS)
     result = django_project.run()
     result.assert_outcomes(passed=2)
+
+
+def test_a_counting_recorder_counts_what_an_explaining_one_explains(
+    pytester: pytest.Pytester,
+) -> None:
+    """Under --djasync a test's own recorder only counts unless a budget or the report file
+    asks why; nested recorders each get every crossing, explained where wanted."""
+    pytester.makepyfile(
+        """
+        from asgiref.sync import async_to_sync, sync_to_async
+
+        from pytest_djasync import crossings
+
+        def work():
+            return 1
+
+        async def hop():
+            return await sync_to_async(work)()
+
+        def test_counts():
+            counting = crossings.start(crossings.Recorder(explain=False))
+            async_to_sync(hop)()
+            explaining = crossings.start(crossings.Recorder())
+            async_to_sync(hop)()
+            crossings.stop(explaining)
+            crossings.stop(counting)
+            assert (counting.total, len(counting), counting.crossings) == (4, 4, [])
+            assert explaining.total == 2
+            assert [c.direction for c in explaining] == ["async_to_sync", "sync_to_async"]
+            assert explaining.by_origin() == {"user": 2}
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
