@@ -81,7 +81,7 @@ def run(cwd: Path, args: Sequence[str], env: Mapping[str, str], outcomes: bool =
     )
     wall = time.perf_counter() - start
     cpu = _children_cpu() - cpu_before
-    summary = _closing_line(proc.stdout)
+    summary = closing_line(proc.stdout)
     result = Run(
         wall_s=round(wall, 3),
         cpu_s=round(cpu, 3),
@@ -101,7 +101,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _closing_line(stdout: str) -> str:
+def closing_line(stdout: str) -> str:
     for line in reversed(stdout.splitlines()):
         if _COUNT.search(line) or "no tests ran" in line:
             return line.strip("= ").strip()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import detection
+import instructions
 import overhead
 import profiling
 import report
@@ -32,7 +33,7 @@ import suites
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 RESULTS = HERE / "results"
-PARTS = ("overhead", "detection", "soak", "profile")
+PARTS = ("overhead", "instructions", "detection", "soak", "profile")
 PACKAGES = (
     "pytest",
     "pytest-asyncio",
@@ -159,6 +160,12 @@ def run_parts(args: argparse.Namespace, calibration: dict[str, int]) -> dict[str
         suites.requests_suite(roots["requests"], calibration)
         suites.tiny_suite(roots["tiny"], calibration)
         results["overhead"] = overhead.measure(roots, args.configs, args.repeat, args.full)
+    if "instructions" not in args.skip and instructions.available():
+        print("instructions (valgrind):", file=sys.stderr)
+        roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
+        suites.requests_suite(roots["requests"], calibration)
+        suites.tiny_suite(roots["tiny"], calibration)
+        results["instructions"] = instructions.measure(roots)
     if "detection" not in args.skip:
         print("detection matrix:", file=sys.stderr)
         suites.detect_suite(WORK / "detect", calibration)
