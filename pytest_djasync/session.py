@@ -57,9 +57,12 @@ class Watch:
         self._block_ms_now = block_ms
         self._patches: list[patching.Patch] = []
         self.running = False
+        self._warmed = False
 
     def start(self) -> None:
-        djangohooks.warm_up()  # the first request must not pay for importing the project
+        if not self._warmed:  # the first request must not pay for importing the project
+            djangohooks.warm_up()
+            self._warmed = True
         self._watchdog.start(self.block_ms)
         self._guard.arm()
         self._patches = djangohooks.track_requests() + syncops.install()
