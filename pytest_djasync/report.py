@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_djasync import fanout
 from pytest_djasync._io import write_text_atomically
 from pytest_djasync.crossings import Recorder
 from pytest_djasync.findings import Finding, Frame
@@ -160,18 +161,10 @@ def test_entry(record: TestRecord, root: Path, detailed: bool) -> Entry:
 
 
 def empty_entry(nodeid: str, detailed: bool) -> Entry:
-    """The entry of a clean test in a ``--djasync`` run: what ``test_entry`` says of a test
-    that found nothing, made no crossing and sent no request."""
-    crossings: dict[str, Any] = {"total": 0}
-    if detailed:
-        crossings["by_origin"] = {}
-    crossings["by_request"] = {}
-    return {
-        "nodeid": nodeid,
-        "violations": [],
-        "crossings": crossings,
-        "fanout": {"requests": 0, "peak_concurrency": 0},
-    }
+    """The entry of a clean test in a ``--djasync`` run: ``test_entry`` of a test that found
+    nothing, made no crossing and sent no request."""
+    clean = TestRecord(nodeid, crossings=Recorder(explain=False), fanout=fanout.Recorder())
+    return test_entry(clean, Path(), detailed)
 
 
 def junit_properties(entry: Entry) -> list[tuple[str, object]]:
