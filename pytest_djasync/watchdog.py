@@ -6,6 +6,11 @@ watchdog thread polls slowly (half the threshold) and, once a step has run for a
 the threshold, samples that thread's stack quickly until the step ends, so a finding shows the
 code that was running *during* the stall, not the next ``await``.
 
+The loop thread's CPU time, which says whether the loop itself was busy, comes from the
+watchdog's snapshots (each poll reads every thread's CPU clock), not from reading CPU clocks at
+every step: those are system calls, and steps are many. Where the clocks of other threads
+cannot be read (not Linux), every step reads its own.
+
 A long step is only a finding when the loop itself was to blame. Subtracted or excused:
 garbage-collection pauses (``gc.callbacks``), time the OS kept the runnable thread off the CPU
 (run-queue wait from ``/proc/self/task/<tid>/schedstat`` on Linux), time covered by blocking
@@ -38,10 +43,12 @@ _DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
 
 @dataclasses.dataclass(frozen=True)
 class _Snapshot:
-    """Clocks of one loop thread and its neighbours, taken while the loop thread was idle."""
+    """Clocks of one loop thread and its neighbours at one moment."""
 
     t: float
+    during: float  # the start of the step the loop thread was running then, 0.0 if idle
     loop_cpu: float | None
+    process_cpu: float
     wait: float | None  # seconds runnable but not running (Linux only)
     cpus: dict[int, float]  # CPU seconds of every Python thread, by ident
 
@@ -59,12 +66,11 @@ class _Step:
         "native_id",
         "sampled_for",
         "samples",
-        "snap",
+        "snaps",
         "start",
         "start_cpu",
         "start_proc",
         "suspect_at",
-        "suspect_snap",
         "suspect_waits",
     )
 
@@ -74,16 +80,16 @@ class _Step:
         self.native_id = threading.get_native_id()
         self.name = thread.name
         self.start = 0.0  # perf_counter() at the start of the running step, 0.0 between steps
-        self.start_cpu = 0.0  # this thread's CPU time then
-        self.start_proc = 0.0  # the process's CPU time then
+        self.start_cpu = 0.0  # this thread's CPU time then, where no snapshot can tell it
+        self.start_proc = 0.0  # the process's CPU time then, likewise
         self.samples: list[Stack] = []
         self.sampled_for = 0.0
         self.guard_for = 0.0  # the step that ``guarded_s`` belongs to
         self.guarded_s = 0.0  # time spent in reported blocking calls during that step
         self.in_guard = False
-        self.snap: _Snapshot | None = None
+        snap = _snapshot(self, 0.0)
+        self.snaps = (snap, snap)  # the watchdog's last two: (earlier, latest)
         self.suspect_at = 0.0  # when the watchdog first saw the current long step
-        self.suspect_snap: _Snapshot | None = None  # the clocks at that moment
         self.suspect_waits: dict[int, tuple[str, float]] = {}  # native id -> (name, run-queue s)
         self.latest_waits: dict[int, tuple[str, float]] = {}  # kept for threads that end meanwhile
 
@@ -91,6 +97,7 @@ class _Step:
 # -- the hot path ------------------------------------------------------------------------------
 
 _enabled = False
+_cpu_per_step = False
 _threshold_s = 0.1
 _local = threading.local()
 _steps: dict[int, _Step] = {}
@@ -107,8 +114,9 @@ def _timed_run(self: asyncio.Handle) -> None:
     if step.start:  # re-entered (nest_asyncio): the outer step is being timed already
         return _original_run(self)
     start = step.start = _perf()
-    step.start_cpu = _thread_time()
-    step.start_proc = _process_time()
+    if _cpu_per_step:  # system calls: only where the watchdog cannot read this thread's clock
+        step.start_cpu = _thread_time()
+        step.start_proc = _process_time()
     try:
         return _original_run(self)
     finally:
@@ -131,7 +139,6 @@ def current_step() -> _Step | None:
 
 def _register_thread() -> _Step:
     step = _Step()
-    step.snap = _snapshot(step)
     _local.step = step
     _steps[step.ident] = step
     return step
@@ -160,13 +167,20 @@ def _run_queue_wait(native_id: int) -> float | None:
         os.close(fd)
 
 
-def _snapshot(step: _Step) -> _Snapshot:
+def _snapshot(step: _Step, during: float) -> _Snapshot:
     cpus = {}
     for ident in sys._current_frames():
         cpu = _thread_cpu(ident)
         if cpu is not None:
             cpus[ident] = cpu
-    return _Snapshot(_perf(), cpus.get(step.ident), _run_queue_wait(step.native_id), cpus)
+    return _Snapshot(
+        _perf(),
+        during,
+        cpus.get(step.ident),
+        _process_time(),
+        _run_queue_wait(step.native_id),
+        cpus,
+    )
 
 
 class _GCLog:
@@ -230,39 +244,61 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     )
 
 
-def _baseline(step: _Step, start: float) -> _Snapshot | None:
-    """Clocks from the start of the step, or from the moment the watchdog first saw it: an
-    older idle snapshot would charge this step with run-queue waits of earlier ones."""
-    if step.sampled_for == start and step.suspect_snap is not None:
-        return step.suspect_snap
-    snap = step.snap
-    if snap is not None and 0.0 <= start - snap.t <= _threshold_s:
-        return snap
-    return None
+def _snapshots_of(step: _Step, start: float, end: float) -> tuple[_Snapshot, _Snapshot | None]:
+    """The watchdog's latest snapshot from before the step, and its first one during it."""
+    earlier, latest = step.snaps
+    if latest.during == start and latest.t < end:
+        return earlier, latest
+    return latest, None
+
+
+def _wait_baseline(before: _Snapshot, first: _Snapshot | None, start: float) -> _Snapshot | None:
+    """Clocks from the moment the watchdog first saw the step, or from just before it: an
+    older snapshot would charge this step with run-queue waits of earlier ones."""
+    if first is not None:
+        return first
+    return before if 0.0 <= start - before.t <= _threshold_s else None
+
+
+def _cpu_during(
+    step: _Step, start: float, before: _Snapshot, first: _Snapshot | None, now: _Snapshot
+) -> tuple[float, float]:
+    """CPU seconds of the loop thread during the step (at least) and of the others (at most)."""
+    if _cpu_per_step:
+        loop = _thread_time() - step.start_cpu
+        return loop, _process_time() - step.start_proc - loop
+    if now.loop_cpu is None or before.loop_cpu is None:
+        return 0.0, now.process_cpu - before.process_cpu
+    since_before = now.loop_cpu - before.loop_cpu
+    loop = since_before - max(0.0, start - before.t)  # it ran at most that long before the step
+    if first is not None and first.loop_cpu is not None:
+        loop = max(loop, now.loop_cpu - first.loop_cpu)
+    return loop, now.process_cpu - before.process_cpu - since_before
 
 
 def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[str, str] | None]:
     """Seconds of the step that the loop thread itself is to blame for, and any excuse note.
 
-    The step's own CPU clocks say whether the loop thread was busy; the watchdog's snapshot
-    (from when it first saw the step) gives the run-queue wait, scaled to the whole step.
+    The watchdog's snapshots from before and during the step bound the loop thread's CPU time
+    (was it busy?) and give the run-queue wait, scaled to the whole step. Both bounds lean
+    towards an excuse: a finding needs the loop thread's own CPU or its own waiting.
     """
     blocked = end - start - _gc_log.overlap(start, end)
     if blocked < _threshold_s:
         return blocked, None
-    loop_cpu = time.thread_time() - step.start_cpu
-    other_cpu = time.process_time() - step.start_proc - loop_cpu
-    base = _baseline(step, start)
-    now = _snapshot(step) if base is not None else None
-    if base is not None and now is not None and now.wait is not None and base.wait is not None:
+    before, first = _snapshots_of(step, start, end)
+    now = _snapshot(step, start)
+    base = _wait_baseline(before, first, start)
+    if base is not None and now.wait is not None and base.wait is not None:
         observed_from = max(base.t, start)
         observed = end - observed_from
         own = observed - _gc_log.overlap(observed_from, end) - (now.wait - base.wait)
         blocked = min(blocked, max(0.0, own) * (end - start) / max(observed, 1e-9))
+    loop_cpu, other_cpu = _cpu_during(step, start, before, first, now)
     if blocked < _threshold_s or loop_cpu >= 0.5 * blocked:
         return blocked, None  # under the threshold, or the loop thread itself was busy
     if other_cpu >= 0.5 * blocked:
-        return blocked, _gil_note(step, blocked, base, now)
+        return blocked, _gil_note(step, blocked, before, now)
     if step.sampled_for != start:
         return blocked, (
             f"unscheduled:{step.name}",
@@ -273,11 +309,9 @@ def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[
     return blocked, _starved_neighbour(step, end)
 
 
-def _gil_note(
-    step: _Step, blocked: float, base: _Snapshot | None, now: _Snapshot | None
-) -> tuple[str, str]:
+def _gil_note(step: _Step, blocked: float, base: _Snapshot, now: _Snapshot) -> tuple[str, str]:
     hog = "another thread"
-    if base is not None and now is not None:
+    if now.cpus:
         others = {
             ident: cpu - base.cpus.get(ident, 0.0)  # a thread new since the baseline: all of it
             for ident, cpu in now.cpus.items()
@@ -419,8 +453,9 @@ class Watchdog:
         _threshold_s = ms / 1000
 
     def start(self, threshold_ms: float) -> None:
-        global _enabled, _original_run, _local, _watchdog_ident
+        global _enabled, _cpu_per_step, _original_run, _local, _watchdog_ident
         self.set_threshold(threshold_ms)
+        _cpu_per_step = _thread_cpu(threading.get_ident()) is None
         _original_run = asyncio.Handle.__dict__["_run"]
         _local = threading.local()
         _steps.clear()
@@ -463,9 +498,11 @@ class Watchdog:
                 _steps.pop(ident, None)
                 continue
             start = step.start
-            if not start:
-                step.snap = _snapshot(step)  # a baseline taken while the loop is idle
-            elif now - start >= threshold / 4:
+            latest = step.snaps[1]
+            if not start or latest.during != start:
+                # idle, or the first sight of this step: the clocks its judgement starts from
+                step.snaps = (latest, _snapshot(step, start))
+            if start and now - start >= threshold / 4:
                 suspect = True
                 self._sample(step, start, frame)
         suspect |= heartbeat.poll(threshold, frames)
@@ -476,8 +513,7 @@ class Watchdog:
     def _sample(step: _Step, start: float, frame: Any) -> None:
         if step.sampled_for != start:
             step.samples = []
-            step.suspect_snap = _snapshot(step)
-            step.suspect_at = step.suspect_snap.t
+            step.suspect_at = _perf()
             step.suspect_waits = _run_queue_waits()
             step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start

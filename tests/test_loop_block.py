@@ -15,6 +15,21 @@ import pytest
 
 from tests.conftest import DjangoProject, line_of, violations
 
+# Where the watchdog cannot read another thread's CPU clock (no pthread_getcpuclockid: macOS,
+# Windows), each loop step reads its own; the conftest makes Linux behave that way.
+PER_STEP_CLOCKS = """
+from pytest_djasync import watchdog
+
+watchdog._thread_cpu = lambda ident: None
+"""
+CLOCKS = pytest.mark.parametrize("clocks", ["snapshots", "per-step"])
+
+
+def use_clocks(django_project: DjangoProject, clocks: str) -> None:
+    if clocks == "per-step":
+        django_project.module("conftest.py", PER_STEP_CLOCKS)
+
+
 UPSTREAM = """
 import http.server
 import threading
@@ -242,9 +257,11 @@ async def test_view(asgi_client, view):
 """
 
 
+@CLOCKS
 def test_stalls_are_caught_with_the_line_that_ran_during_the_stall(
-    django_project: DjangoProject,
+    django_project: DjangoProject, clocks: str
 ) -> None:
+    use_clocks(django_project, clocks)
     django_project.views(STALL_VIEWS)
     django_project.tests(STALL_TESTS)
     result, report = django_project.report()
@@ -678,7 +695,11 @@ def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject)
     assert not violations(report, "test_collect")
 
 
-def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(django_project: DjangoProject) -> None:
+@CLOCKS
+def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
+    django_project: DjangoProject, clocks: str
+) -> None:
+    use_clocks(django_project, clocks)
     django_project.tests(
         """
         import asyncio
@@ -709,7 +730,38 @@ def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(django_project: Django
     result, report = django_project.report("--djasync-block-ms=50")
     result.assert_outcomes(passed=1)
     assert not violations(report, "test_loop_waits_for_the_gil")
-    result.stdout.fnmatch_lines(["*waited * ms for the GIL while thread 'gil-hog' held it*"])
+    hog = "thread 'gil-hog'" if clocks == "snapshots" else "another thread"  # no thread clocks
+    result.stdout.fnmatch_lines([f"*waited * ms for the GIL while {hog} held it*"])
+
+
+@CLOCKS
+def test_loop_steps_read_cpu_clocks_only_where_the_watchdog_cannot(
+    django_project: DjangoProject, clocks: str
+) -> None:
+    """A CPU-clock read is a system call; a loop step is a few microseconds of Python."""
+    use_clocks(django_project, clocks)
+    django_project.tests(
+        """
+        import asyncio
+
+        import pytest
+
+        from pytest_djasync import watchdog
+
+        @pytest.mark.asyncio
+        async def test_many_steps(monkeypatch):
+            reads = []
+            original = watchdog._thread_time
+            monkeypatch.setattr(watchdog, "_thread_time", lambda: reads.append(1) or original())
+            for _ in range(1000):
+                await asyncio.sleep(0)
+            print(f"clock reads: {len(reads)}")
+        """
+    )
+    result = django_project.run("--djasync", "-s")
+    result.assert_outcomes(passed=1)
+    reads = int(result.stdout.str().split("clock reads: ")[1].split()[0])
+    assert reads == 0 if clocks == "snapshots" else reads >= 1000
 
 
 @pytest.mark.skipif(
