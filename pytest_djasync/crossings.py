@@ -101,11 +101,12 @@ class Recorder:
 
 
 _recorders: list[Recorder] = []  # every active recorder gets every crossing (nested blocks)
+_explaining = 0  # how many of them explain: none, in a plain --djasync run
 
 
 def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
-    recorders = list(_recorders)
-    if not any(recorder.explain for recorder in recorders):
+    recorders = tuple(_recorders)
+    if not _explaining:
         request = findings.current_request.get()
         for recorder in recorders:
             recorder._requests.append(request)
@@ -137,7 +138,7 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
     # is called: awaited later inside asyncio.gather, its caller would be the event loop.
     @functools.wraps(original)
     def __call__(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        if _recorders and _is_live(__call__):
+        if _recorders and id(__call__) in _shared.wrappers:  # live, not a stale one restored
             _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
         return original(self, *args, **kwargs)
 
@@ -147,7 +148,7 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
 def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: AsyncToSync[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        if _recorders and _is_live(__call__):
+        if _recorders and id(__call__) in _shared.wrappers:
             _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
         return original(self, *args, **kwargs)
 
@@ -164,22 +165,21 @@ def _wrap_adapters() -> list[patching.Patch]:
 _shared = patching.Shared(_wrap_adapters)
 
 
-def _is_live(wrapper: Any) -> bool:
-    # A stale wrapper that a later restore put back under a fresh one must not count twice.
-    return _shared.installs(wrapper)
-
-
 def start(recorder: Recorder) -> Recorder:
     """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
+    global _explaining
     _shared.acquire(recorder)
     _recorders.append(recorder)
+    _explaining += recorder.explain
     return recorder
 
 
 def stop(recorder: Recorder) -> None:
     """Stop feeding ``recorder``; the last one out restores asgiref exactly."""
+    global _explaining
     if recorder in _recorders:
         _recorders.remove(recorder)
+        _explaining -= recorder.explain
     _shared.release(recorder)
 
 

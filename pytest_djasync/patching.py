@@ -73,9 +73,5 @@ class Shared:
         self.wrappers = frozenset()
         self._undo_stale()
 
-    def installs(self, wrapper: object) -> bool:
-        """True for a wrapper of the current set, not a stale one a restore put back."""
-        return id(wrapper) in self.wrappers
-
     def _undo_stale(self) -> None:
         self._stale = [patch for patch in self._stale if not patch.undo()]
