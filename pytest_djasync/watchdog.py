@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pytest_djasync import findings, heartbeat
@@ -167,9 +167,9 @@ def _run_queue_wait(native_id: int) -> float | None:
         os.close(fd)
 
 
-def _snapshot(step: _Step, during: float) -> _Snapshot:
+def _snapshot(step: _Step, during: float, threads: Iterable[int] | None = None) -> _Snapshot:
     cpus = {}
-    for ident in sys._current_frames():
+    for ident in sys._current_frames() if threads is None else threads:
         cpu = _thread_cpu(ident)
         if cpu is not None:
             cpus[ident] = cpu
@@ -501,7 +501,7 @@ class Watchdog:
             latest = step.snaps[1]
             if not start or latest.during != start:
                 # idle, or the first sight of this step: the clocks its judgement starts from
-                step.snaps = (latest, _snapshot(step, start))
+                step.snaps = (latest, _snapshot(step, start, frames))
             if start and now - start >= threshold / 4:
                 suspect = True
                 self._sample(step, start, frame)
