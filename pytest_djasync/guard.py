@@ -5,6 +5,7 @@ every patch is undone exactly (see ``patching``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import importlib
@@ -38,6 +39,13 @@ def _positive_delay(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return not args or args[0] != 0  # time.sleep(0) merely yields the GIL
 
 
+def _not_the_loops_selector(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # The loop waits in its own selector between steps, and inside one when nest_asyncio
+    # re-enters it; any other selector's select() blocks the loop.
+    loop = asyncio.events._get_running_loop()
+    return loop is None or getattr(loop, "_selector", None) is not args[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     group: str
@@ -46,6 +54,7 @@ class Target:
     attr: str
     label: str
     applies: Callable[[tuple[Any, ...], dict[str, Any]], bool] | None = None
+    own_only: bool = False  # only where the class defines it; subclasses reach the base's wrapper
 
 
 def _socket_methods() -> list[Target]:
@@ -74,8 +83,27 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("dns", "socket", "", "getnameinfo", "socket.getnameinfo"),
     Target("select", "select", "", "select", "select.select"),
-    Target("select", "selectors", "SelectSelector", "select", "selectors.SelectSelector.select"),
-    Target("select", "selectors", "_PollLikeSelector", "select", "selectors.Selector.select"),
+    Target(
+        "select",
+        "selectors",
+        "SelectSelector",
+        "select",
+        "selectors.SelectSelector.select",
+        _not_the_loops_selector,
+        own_only=True,
+    ),
+    *(
+        Target(
+            "select",
+            "selectors",
+            selector,
+            "select",
+            "selectors.Selector.select",
+            _not_the_loops_selector,
+            own_only=True,
+        )
+        for selector in ("_PollLikeSelector", "EpollSelector", "DevpollSelector", "KqueueSelector")
+    ),
     Target("subprocess", "subprocess", "Popen", "wait", "subprocess.Popen.wait"),
     Target("subprocess", "subprocess", "Popen", "communicate", "subprocess.Popen.communicate"),
     Target("http", "requests", "Session", "send", "requests.Session.send"),
@@ -132,14 +160,22 @@ class Guard:
         self._pending = [t for t in TARGETS if t.group in self._groups]
 
 
-def _install(target: Target) -> patching.Patch | None:
+def owner_of(target: Target) -> Any:
+    """The module or class that holds the target, or ``None`` where this version has none."""
     owner: Any = importlib.import_module(target.module)
     for part in filter(None, target.owner.split(".")):
         owner = getattr(owner, part, None)
         if owner is None:
-            return None  # this version of the library has no such class
+            return None
+    return owner
+
+
+def _install(target: Target) -> patching.Patch | None:
+    owner = owner_of(target)
+    if owner is None:
+        return None
     current = getattr(owner, target.attr, None)
-    if current is None:
+    if current is None or (target.own_only and target.attr not in vars(owner)):
         return None
     return patching.install(owner, target.attr, _wrap(current, target))
 

@@ -64,6 +64,7 @@ BLOCKING_VIEWS = """
 import http.client
 import os
 import select
+import selectors
 import socket
 import subprocess
 import sys
@@ -109,6 +110,14 @@ async def selects(request):
     return _ok()
 
 
+async def a_selector(request):
+    read, write = socket.socketpair()
+    with read, write, selectors.DefaultSelector() as selector:  # epoll on Linux
+        selector.register(read, selectors.EVENT_READ)
+        selector.select(0.001)
+    return _ok()
+
+
 async def subprocess_run(request):
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     return _ok()
@@ -148,7 +157,7 @@ BLOCKING_TESTS = """
 import pytest
 
 CASES = [
-    "sleeps", "socket_pair", "dns", "selects", "subprocess_run", "with_requests",
+    "sleeps", "socket_pair", "dns", "selects", "a_selector", "subprocess_run", "with_requests",
     "with_urllib3", "with_urllib", "with_httpx_client", "with_http_client",
 ]
 
@@ -166,6 +175,7 @@ EXPECTED_CALLS = {
     "socket_pair": ("socket.sendall", 'left.sendall(b"x")'),
     "dns": ("socket.getaddrinfo", 'socket.getaddrinfo("localhost", 80)'),
     "selects": ("select.select", "select.select([read], [], [], 0.001)"),
+    "a_selector": ("selectors.Selector.select", "selector.select(0.001)"),
     "subprocess_run": ("subprocess.Popen.communicate", "subprocess.run("),
     "with_requests": ("requests.Session.send", "requests.get("),
     "with_urllib3": ("urllib3.HTTPConnectionPool.urlopen", "urllib3.PoolManager()"),
@@ -951,3 +961,36 @@ def test_file_guard_is_opt_in(django_project: DjangoProject) -> None:
     [found] = violations(report, "test_reads")
     assert found["message"].startswith("blocking call io.open()")
     assert found["location"]["function"] == "reads"
+
+
+def test_the_guard_patches_each_target_once_and_restores_it_exactly(
+    django_project: DjangoProject,
+) -> None:
+    django_project.tests(
+        """
+        import selectors
+
+        import requests  # so that every target's module is imported
+
+        from pytest_djasync import guard
+
+        def test_arm_and_disarm():
+            targets = [t for t in guard.TARGETS if t.group != "file"]
+            owners = {t: guard.owner_of(t) for t in targets}
+            before = {t: dict(vars(owner)) for t, owner in owners.items() if owner is not None}
+            armed = guard.Guard({t.group for t in targets})
+            armed.arm()
+            assert "select" not in vars(selectors.PollSelector)  # it reaches the base's wrapper
+            wrapped = {
+                t for t, owner in owners.items()
+                if owner is not None and vars(owner).get(t.attr) is not before[t].get(t.attr)
+            }
+            armed.disarm()
+            after = {t: dict(vars(owner)) for t, owner in owners.items() if owner is not None}
+            assert after == before
+            names = {f"{t.owner or t.module}.{t.attr}" for t in wrapped}
+            assert "EpollSelector.select" in names and "_PollLikeSelector.select" in names
+            assert "time.sleep" in names and "Session.send" in names
+        """
+    )
+    django_project.run().assert_outcomes(passed=1)
