@@ -183,6 +183,8 @@ def _install(target: Target) -> patching.Patch | None:
 def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
     if target.applies is _blocking_socket:
         return _wrap_socket_method(original, target)
+    if target.applies is _not_the_loops_selector:
+        return _wrap_selector_select(original, target)
     applies = target.applies
 
     @functools.wraps(original)
@@ -211,6 +213,21 @@ def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callabl
         if step is None or step.in_guard:
             return original(sock, *args, **kwargs)
         return _call_watched(step, target, original, (sock, *args), kwargs)
+
+    return guarded
+
+
+def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """The same, shaped for the loop's own call between steps on every iteration."""
+
+    @functools.wraps(original)
+    def guarded(selector: Any, timeout: float | None = None) -> Any:
+        step = getattr(watchdog._local, "step", None)
+        if step is None or not step.start or step.in_guard:
+            return original(selector, timeout)
+        if not _not_the_loops_selector((selector,), {}):
+            return original(selector, timeout)
+        return _call_watched(step, target, original, (selector, timeout), {})
 
     return guarded
 
