@@ -39,11 +39,15 @@ def _positive_delay(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return not args or args[0] != 0  # time.sleep(0) merely yields the GIL
 
 
-def _not_the_loops_selector(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def _is_the_loops_selector(selector: Any) -> bool:
     # The loop waits in its own selector between steps, and inside one when nest_asyncio
     # re-enters it; any other selector's select() blocks the loop.
     loop = asyncio.events._get_running_loop()
-    return loop is None or getattr(loop, "_selector", None) is not args[0]
+    return loop is not None and getattr(loop, "_selector", None) is selector
+
+
+def _not_the_loops_selector(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return not _is_the_loops_selector(args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,12 +193,8 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        # watchdog.current_step() inlined: the loop calls its selector's select() between
-        # steps on every iteration, through this wrapper
-        step = getattr(watchdog._local, "step", None)
-        if step is None or not step.start or step.in_guard:
-            return original(*args, **kwargs)
-        if applies is not None and not applies(args, kwargs):
+        step = watchdog.current_step()
+        if step is None or step.in_guard or (applies is not None and not applies(args, kwargs)):
             return original(*args, **kwargs)
         return _call_watched(step, target, original, args, kwargs)
 
@@ -218,14 +218,13 @@ def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callabl
 
 
 def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
-    """The same, shaped for the loop's own call between steps on every iteration."""
+    """The same, shaped for the loop's own call between steps on every iteration: the check
+    of ``watchdog.current_step()`` is inlined."""
 
     @functools.wraps(original)
     def guarded(selector: Any, timeout: float | None = None) -> Any:
         step = getattr(watchdog._local, "step", None)
-        if step is None or not step.start or step.in_guard:
-            return original(selector, timeout)
-        if not _not_the_loops_selector((selector,), {}):
+        if step is None or not step.start or step.in_guard or _is_the_loops_selector(selector):
             return original(selector, timeout)
         return _call_watched(step, target, original, (selector, timeout), {})
 
