@@ -76,7 +76,9 @@ class _Exchange:
         self._body = request.stream
         self._body_iter: AsyncIterator[bytes] | None = None
         self._body_done = False
-        self.started = asyncio.Event()
+        self.started = False  # the response's start message arrived
+        # Set once the response started, or the app returned without starting one.
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.disconnected = asyncio.Event()
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
@@ -103,7 +105,8 @@ class _Exchange:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", []))
-            self.started.set()
+            self.started = True
+            self.answer()
         elif message["type"] == "http.response.body" and not self.disconnected.is_set():
             body = message.get("body", b"")
             if body:
@@ -111,7 +114,14 @@ class _Exchange:
             if not message.get("more_body", False):
                 await self._put(None)
 
+    def answer(self, *_: object) -> None:
+        if not self.answered.done():
+            self.answered.set_result(None)
+
     async def _put(self, item: bytes | None) -> None:
+        if not self.chunks.full():  # the usual case: no waiting, so no helper tasks either
+            self.chunks.put_nowait(item)
+            return
         # A client that stopped reading must not leave the app blocked on a full queue.
         put = asyncio.ensure_future(self.chunks.put(item))
         gone = asyncio.ensure_future(self.disconnected.wait())
@@ -129,8 +139,12 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._raise_errors = raise_errors
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._exchange.chunks
         while True:
-            chunk = await _first_of(self._exchange.chunks.get(), self._task)
+            if chunks.empty():
+                chunk = await _first_of(chunks.get(), self._task)
+            else:  # the app is ahead of the client: no waiting, so no helper task either
+                chunk = chunks.get_nowait()
             if chunk is None:
                 return
             yield chunk
@@ -209,17 +223,15 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         )
         self._pending[task] = exchange
         task.add_done_callback(self._forget)
-        started = asyncio.ensure_future(exchange.started.wait())
+        task.add_done_callback(exchange.answer)
         try:
-            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+            await exchange.answered
         except BaseException:
             # The caller gave up (cancelled, timed out) before the response started: for the
             # app that is a client that went away.
             exchange.disconnected.set()
             raise
-        finally:
-            started.cancel()
-        if not exchange.started.is_set():
+        if not exchange.started:
             return await self._no_response(task, exchange)
         return httpx.Response(
             exchange.status,

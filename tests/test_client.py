@@ -280,6 +280,37 @@ def test_streaming_response_arrives_chunk_by_chunk(project):
     )
 
 
+def test_a_plain_response_needs_no_helper_tasks(project):
+    """The transport waits on futures, not on tasks made for the purpose: every task costs
+    the loop steps, and a watched loop pays for each step."""
+    run_passing(
+        project,
+        """
+        import asyncio
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(asgi_client):
+            loop = asyncio.get_running_loop()
+            made = []
+
+            def factory(loop, coro, **kwargs):
+                made.append(coro.__qualname__)
+                return asyncio.Task(coro, loop=loop, **kwargs)
+
+            loop.set_task_factory(factory)
+            try:
+                response = await asgi_client.get("/hello/")
+            finally:
+                loop.set_task_factory(None)
+            assert response.text == "hello async"
+            helpers = [name for name in made if name.startswith(("Event.", "Queue."))]
+            assert not helpers, made
+        """,
+    )
+
+
 def test_client_leaving_a_stream_early_cancels_the_view(project):
     run_passing(
         project,
