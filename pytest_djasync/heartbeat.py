@@ -61,6 +61,11 @@ def _registering(run_forever: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return wrapper
 
 
+def watching() -> bool:
+    """Whether a loop gets heartbeats (the watchdog polls faster then: each poll sends one)."""
+    return bool(_watched)
+
+
 def poll(threshold: float, frames: dict[int, Any]) -> bool:
     """Send beats and sample overdue loops; True while one is overdue (poll fast then)."""
     overdue = False

@@ -2,7 +2,7 @@
 
 ``asyncio.Handle._run`` runs every callback of every asyncio loop in every thread (task steps
 included), so wrapping it at class level times each step with one clock read at each end. A
-watchdog thread polls slowly (half the threshold) and, once a step has run for a quarter of
+watchdog thread polls slowly (every threshold) and, once a step has run for a quarter of
 the threshold, samples that thread's stack quickly until the step ends, so a finding shows the
 code that was running *during* the stall, not the next ``await``.
 
@@ -263,7 +263,12 @@ def _wait_baseline(before: _Snapshot, first: _Snapshot | None, start: float) -> 
 def _cpu_during(
     step: _Step, start: float, before: _Snapshot, first: _Snapshot | None, now: _Snapshot
 ) -> tuple[float, float]:
-    """CPU seconds of the loop thread during the step (at least) and of the others (at most)."""
+    """CPU seconds of the loop thread during the step (at least) and of the others (at most).
+
+    The loop's lower bound misses at most the gap between the step's start and the nearer of
+    the polls around it; with polls at most a threshold apart, that is half a threshold, so a
+    step of at least the threshold that kept its thread busy always shows half of it busy.
+    """
     if _cpu_per_step:
         loop = _thread_time() - step.start_cpu
         return loop, _process_time() - step.start_proc - loop
@@ -491,6 +496,9 @@ class Watchdog:
         threshold = _threshold_s
         frames = sys._current_frames()
         suspect = False
+        # Every wake-up takes the GIL from a busy main thread, so idle polls are a threshold
+        # apart: any step that long is still seen at least once (see _cpu_during).
+        wait = threshold / 2 if heartbeat.watching() else threshold
         now = _perf()
         for ident, step in list(_steps.items()):
             frame = frames.get(ident)
@@ -505,9 +513,11 @@ class Watchdog:
             if start and now - start >= threshold / 4:
                 suspect = True
                 self._sample(step, start, frame)
+            elif start:  # look again when it would be suspect, so a stall is always sampled
+                wait = min(wait, start + threshold / 4 - now)
         suspect |= heartbeat.poll(threshold, frames)
         del frames
-        return max(0.001, threshold / 20) if suspect else threshold / 2
+        return max(0.001, threshold / 20 if suspect else wait)
 
     @staticmethod
     def _sample(step: _Step, start: float, frame: Any) -> None:

@@ -744,6 +744,49 @@ def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     result.stdout.fnmatch_lines([f"*waited * ms for the GIL while {hog} held it*"])
 
 
+def test_the_watchdog_wakes_once_a_threshold_until_a_step_runs_long(
+    django_project: DjangoProject,
+) -> None:
+    """Each wake-up takes the GIL from the main thread, so idle polls are a threshold apart; a
+    step seen running is looked at again when it is a quarter threshold old, then sampled fast."""
+    django_project.tests(
+        """
+        import time
+
+        from pytest_djasync import watchdog
+
+        def test_schedule():
+            dog = watchdog.Watchdog()
+            dog.start(100)
+            dog._stop.set()
+            dog._thread.join()  # no thread: this test calls the poll itself
+            try:
+                step = watchdog._register_thread()
+                idle = dog._poll()
+                step.start = time.perf_counter() - 0.010
+                young = dog._poll()
+                step.start = time.perf_counter() - 0.030
+                long = dog._poll()
+                step.start = 0.0
+                loop = type("Uvloop", (), {"call_soon_threadsafe": lambda *args: None})()
+                watchdog.heartbeat._watched[id(loop)] = watchdog.heartbeat._Watched(loop)
+                beating = dog._poll()  # each poll sends a heartbeat: half a threshold then
+                watchdog.heartbeat._watched.clear()
+                print(f"waits: {idle:.4f} {young:.4f} {long:.4f} {len(step.samples)} {beating}")
+            finally:
+                dog.stop()
+        """
+    )
+    result = django_project.run("-s", "-p", "no:djasync")
+    result.assert_outcomes(passed=1)
+    idle, young, long, samples, beating = result.stdout.str().split("waits: ")[1].split()[:5]
+    assert float(idle) == 0.1
+    assert 0.001 <= float(young) <= 0.015  # until the step is 25 ms old
+    assert float(long) == 0.005
+    assert samples == "1"
+    assert float(beating) == 0.05
+
+
 @CLOCKS
 def test_loop_steps_read_cpu_clocks_only_where_the_watchdog_cannot(
     django_project: DjangoProject, clocks: str
