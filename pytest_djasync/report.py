@@ -81,9 +81,9 @@ def summary_lines(entries: Iterable[Entry]) -> list[str]:
     return lines
 
 
-def totals_line(entries: Iterable[Entry]) -> str:
-    """One line: findings by kind, how many the baseline knew, crossings counted."""
-    entries = list(entries)
+def totals_line(entries: Iterable[Entry], watched: int) -> str:
+    """One line: findings by kind, how many the baseline knew, crossings counted; ``watched``
+    tests in all, clean ones included, whether or not ``entries`` lists them."""
     kinds: Counter[str] = Counter()
     known = failing = tests = crossings = 0
     for entry in entries:
@@ -96,7 +96,7 @@ def totals_line(entries: Iterable[Entry]) -> str:
     by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     return (
         f"djasync: {_plural(sum(kinds.values()), 'finding')} in {tests} of"
-        f" {_plural(len(entries), 'test')}"
+        f" {_plural(watched, 'test')}"
         f" ({by_kind or 'none'}); {failing} unexcused, {known} known from the baseline;"
         f" {crossings} sync/async crossings"
     )

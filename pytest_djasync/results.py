@@ -21,6 +21,10 @@ class Results:
         self._entries: dict[str, Entry | None] = {}  # None: the test sent no entry
         self._outcomes: dict[str, str] = {}
 
+    def __len__(self) -> int:
+        """Tests that finished (a teardown report each), entry or not."""
+        return len(self._entries)
+
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""
         if outcome != "passed":

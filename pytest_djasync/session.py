@@ -123,11 +123,7 @@ class Watch:
         collector = self._collector
         if collector is None or collector.empty:
             return []
-        record = self.records[collector.nodeid]
-        known = {id(f) for f in record.findings}
-        fresh = [f for f in collector.findings() if id(f) not in known]
-        record.findings.extend(fresh)
-        return fresh
+        return _move_findings(collector, self.records[collector.nodeid])
 
     def add_finding(self, nodeid: str, finding: Finding) -> None:
         """A finding the plugin itself made (a marker's expectation), not a detector."""
@@ -138,10 +134,7 @@ class Watch:
         collector = self._collector
         if collector is None or collector.empty:
             return []
-        record = self.records[collector.nodeid]
-        fresh = [note for note in collector.notes if note not in record.notes]
-        record.notes.extend(fresh)
-        return fresh
+        return _move_notes(collector, self.records[collector.nodeid])
 
     @property
     def current_block_ms(self) -> float:
@@ -151,14 +144,13 @@ class Watch:
         """The test is over: stop routing findings to it; forget it once it is reported."""
         record = self.records[nodeid]
         record.allowed_reason = allowed_reason
-        collector = self._collector
+        collector, self._collector = self._collector, None
         findings.activate(None)
         self._watchdog.set_threshold(self.block_ms)
-        if collector is not None:
-            self.take()
-            self.take_notes()
+        if collector is not None and not collector.empty:  # a clean test has nothing to move
+            _move_findings(collector, record)
+            _move_notes(collector, record)
             self.matched_patterns |= collector.matched_patterns
-            self._collector = None
         if record.reported:
             del self.records[nodeid]  # its entry says it all; keep none of its objects alive
         return record
@@ -170,3 +162,17 @@ class Watch:
 
     def unmatched_patterns(self) -> list[str]:
         return [p for p in self.allow if p not in self.matched_patterns]
+
+
+def _move_findings(collector: Collector, record: TestRecord) -> list[Finding]:
+    """The collector's findings that the record does not hold yet, now added to it."""
+    known = {id(f) for f in record.findings}
+    fresh = [f for f in collector.findings() if id(f) not in known]
+    record.findings.extend(fresh)
+    return fresh
+
+
+def _move_notes(collector: Collector, record: TestRecord) -> list[str]:
+    fresh = [note for note in collector.notes if note not in record.notes]
+    record.notes.extend(fresh)
+    return fresh

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Generator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -46,6 +47,14 @@ def _load_baseline(settings: _config.Settings, root: Path) -> baseline.Baseline:
         raise pytest.UsageError(f"pytest-djasync: {settings.baseline.source}: {exc}") from None
 
 
+class _Running(NamedTuple):
+    """The watched test in progress, kept so each phase's hook finds it without look-ups."""
+
+    item: pytest.Item
+    nodeid: str
+    plan: markers.Plan
+
+
 class WatchHooks:
     """The per-test hooks; they watch every test under ``--djasync``, else only marked ones."""
 
@@ -62,32 +71,36 @@ class WatchHooks:
         self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
         self._detailed = settings.report.value is not None
         self._junit = bool(getattr(config.option, "xmlpath", None))
+        self._running: _Running | None = None
 
-    def _plan(self, item: pytest.Item) -> markers.Plan:
-        return markers.plan(item, self.settings.block_ms.value)
+    def _watched(self, item: pytest.Item) -> _Running | None:
+        running = self._running
+        return running if running is not None and running.item is item else None
 
     # -- one test ---------------------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        plan = self._plan(item)
+        plan = markers.plan(item, self.watch.block_ms)
         if not (self.enabled or plan.asks_for_watching):
             return (yield)
         nodeid = item.nodeid
         self.watch.begin_test(nodeid, plan.block_ms, self.enabled or plan.block_marked)
+        self._running = _Running(item, nodeid, plan)
         try:
             return (yield)
         finally:
+            self._running = None
             self.watch.end_test(nodeid, plan.allow_reason)
             if not self.enabled:
                 self.watch.stop()  # a marked test in an unwatched run: leave no trace after it
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        nodeid = item.nodeid
-        if nodeid not in self.watch.records:
+        running = self._watched(item)
+        if running is None:
             return (yield)
-        plan = self._plan(item)
+        nodeid, plan = running.nodeid, running.plan
         budget = plan.max_crossings is not None
         self.watch.begin_call(
             nodeid,
@@ -107,8 +120,8 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
-        nodeid = item.nodeid
-        if nodeid not in self.watch.records:
+        running = self._watched(item)
+        if running is None:
             return (yield)
         failed = False
         try:
@@ -118,9 +131,9 @@ class WatchHooks:
             raise
         finally:
             try:
-                self._check(item, self._plan(item), "teardown", test_failed=failed)
+                self._check(item, running.plan, "teardown", test_failed=failed)
             finally:
-                self._hand_over(item, nodeid)
+                self._hand_over(item, running.nodeid)
 
     def _end_call(self, nodeid: str) -> None:
         live.settle_all()  # requests the live server is still serving belong to this test
@@ -162,14 +175,18 @@ class WatchHooks:
 
     @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends the report up
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "teardown" and self._outgoing:
-            entry = self._outgoing.pop(report.nodeid, None)
+        when = report.when
+        if when != "teardown":  # only an outcome to note, and a passed phase changes none
+            if report.outcome != "passed" and self._controller:
+                self.results.add(report.nodeid, when, report.outcome, None)
+            return
+        nodeid = report.nodeid
+        if self._outgoing:
+            entry = self._outgoing.pop(nodeid, None)
             if entry is not None:
                 setattr(report, ATTRIBUTE, entry)
         if self._controller:
-            self.results.add(
-                report.nodeid, report.when, report.outcome, getattr(report, ATTRIBUTE, None)
-            )
+            self.results.add(nodeid, when, report.outcome, getattr(report, ATTRIBUTE, None))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         records = self.watch.unreported_records()
@@ -207,7 +224,9 @@ class WatchHooks:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._controller:
             return
-        entries = self._entries()
+        # A clean test's entry adds nothing here: only count those.
+        entries = self.results.entries(None, detailed=self._detailed)
+        tests = len(self.results) if self.enabled else len(entries)
         lines = report.summary_lines(entries)
         costly = report.costliest_requests(entries)
         if costly:
@@ -222,7 +241,7 @@ class WatchHooks:
             terminalreporter.write_line(line)
         for error in errors:
             terminalreporter.write_line(error, red=True)
-        terminalreporter.write_line(report.totals_line(entries))
+        terminalreporter.write_line(report.totals_line(entries, tests))
 
     def _stale(self) -> list[str]:
         if self.settings.baseline_write or not self.known.keys:

@@ -137,6 +137,15 @@ def test_warn_mode_reports_everything_and_fails_nothing(
     )
 
 
+def test_the_summary_counts_clean_tests_without_a_report_file(
+    django_project: DjangoProject,
+) -> None:
+    """Without ``--djasync-report`` no entry is made for a clean test; it is still counted."""
+    django_project.tests(SUITE)
+    result = django_project.run("--djasync", "--djasync-warn")
+    result.stdout.fnmatch_lines(["djasync: 2 findings in 2 of 3 tests (blocking-call 2)*"])
+
+
 def test_xdist_two_workers_report_what_one_process_does(django_project: DjangoProject) -> None:
     pytest.importorskip("xdist")
     django_project.tests(SUITE + NEW_PROBLEM)
