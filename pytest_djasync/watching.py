@@ -29,8 +29,6 @@ def start(config: pytest.Config, settings: _config.Settings) -> None:
     if manager.has_plugin(WATCH_PLUGIN):
         return
     manager.register(WatchHooks(config, settings), WATCH_PLUGIN)
-    if settings.enabled.value and settings.db_thread.value:
-        manager.register(DatabaseSharing(), DB_PLUGIN)
 
 
 WATCH_PLUGIN = "djasync-watch"
@@ -76,6 +74,15 @@ class WatchHooks:
     def _watched(self, item: pytest.Item) -> _Running | None:
         running = self._running
         return running if running is not None and running.item is item else None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # A hook on every fixture's set-up costs every test; only a run that needs it has it.
+        settings = self.settings
+        if settings.enabled.value and settings.db_thread.value and any(map(_needs_db, items)):
+            manager = self.config.pluginmanager
+            if not manager.has_plugin(DB_PLUGIN):
+                manager.register(DatabaseSharing(), DB_PLUGIN)
 
     # -- one test ---------------------------------------------------------------------------------
 
@@ -271,6 +278,14 @@ class DatabaseSharing:
 
     def pytest_sessionfinish(self) -> None:
         self.db_thread.close()
+
+
+def _needs_db(item: pytest.Item) -> bool:
+    """A test that shares the database thread and asks for the database where collection sees
+    it: the ``django_db`` marker, or ``db``, ``transactional_db`` and the like among its
+    fixtures (a ``request.getfixturevalue("db")`` is seen only once some test qualifies)."""
+    uses_db = _compat.DJANGO_DB_HELPER_FIXTURE in getattr(item, "fixturenames", ())
+    return (uses_db or item.get_closest_marker("django_db") is not None) and _shares_db(item)
 
 
 def _shares_db(item: pytest.Item) -> bool:

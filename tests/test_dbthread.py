@@ -154,3 +154,33 @@ def test_asgiref_and_django_are_restored_after_the_test(django_project: DjangoPr
         """
     )
     django_project.run("--djasync", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+SHOW_THE_HOOK = """
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_shows_the_hook(request):
+    print("hook:", request.config.pluginmanager.has_plugin("djasync-db-thread"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("other_test", "hook"),
+    [
+        ("@pytest.mark.django_db\n@pytest.mark.asyncio\nasync def test_db(): pass", True),
+        ("@pytest.mark.asyncio\nasync def test_db(db): pass", True),
+        ("def test_sync_with_db(db): pass", False),  # sync tests need no database thread
+        ("@pytest.mark.asyncio\nasync def test_no_db(): pass", False),
+    ],
+)
+def test_only_a_run_with_async_database_tests_hooks_every_fixture(
+    django_project: DjangoProject, other_test: str, hook: bool
+) -> None:
+    """The database thread's hook runs at every fixture's set-up; a suite without an async test
+    that uses the database does not pay for it."""
+    django_project.tests(SHOW_THE_HOOK + "\n\n" + other_test + "\n")
+    result = django_project.run("--djasync", "-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"*hook: {hook}*"])
