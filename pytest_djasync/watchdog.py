@@ -28,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from pytest_djasync import findings, heartbeat
@@ -147,10 +147,19 @@ def _register_thread() -> _Step:
 # -- clocks -----------------------------------------------------------------------------------
 
 
-def _thread_cpu(ident: int) -> float | None:
+def _thread_cpu(native_id: int | None) -> float | None:
+    """CPU seconds of a thread of this process, by its kernel thread id; ``None`` where that
+    clock cannot be read (not Linux, or the thread has ended).
+
+    The clock id is built as the kernel defines it (``MAKE_THREAD_CPUCLOCK``), not with
+    ``pthread_getcpuclockid()``, which reads the thread's pthread structure: for a thread that
+    ended since the watchdog listed it, that memory may be gone, and the process crashed.
+    """
+    if native_id is None or not sys.platform.startswith("linux"):
+        return None
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(ident))
-    except (AttributeError, OSError, ProcessLookupError):  # not Linux, or the thread is gone
+        return time.clock_gettime((~native_id << 3) | 6)  # per-thread, CPUCLOCK_SCHED
+    except OSError:  # EINVAL: no such thread in this process (any more)
         return None
 
 
@@ -167,16 +176,16 @@ def _run_queue_wait(native_id: int) -> float | None:
         os.close(fd)
 
 
-def _snapshot(step: _Step, during: float, threads: Iterable[int] | None = None) -> _Snapshot:
+def _snapshot(step: _Step, during: float) -> _Snapshot:
     cpus = {}
-    for ident in sys._current_frames() if threads is None else threads:
-        cpu = _thread_cpu(ident)
-        if cpu is not None:
-            cpus[ident] = cpu
+    for thread in threading.enumerate():
+        cpu = _thread_cpu(thread.native_id)
+        if cpu is not None and thread.ident is not None:
+            cpus[thread.ident] = cpu
     return _Snapshot(
         _perf(),
         during,
-        cpus.get(step.ident),
+        _thread_cpu(step.native_id),
         _process_time(),
         _run_queue_wait(step.native_id),
         cpus,
@@ -460,7 +469,7 @@ class Watchdog:
     def start(self, threshold_ms: float) -> None:
         global _enabled, _cpu_per_step, _original_run, _local, _watchdog_ident
         self.set_threshold(threshold_ms)
-        _cpu_per_step = _thread_cpu(threading.get_ident()) is None
+        _cpu_per_step = _thread_cpu(threading.get_native_id()) is None
         _original_run = asyncio.Handle.__dict__["_run"]
         _local = threading.local()
         _steps.clear()
@@ -509,7 +518,7 @@ class Watchdog:
             latest = step.snaps[1]
             if not start or latest.during != start:
                 # idle, or the first sight of this step: the clocks its judgement starts from
-                step.snaps = (latest, _snapshot(step, start, frames))
+                step.snaps = (latest, _snapshot(step, start))
             if start and now - start >= threshold / 4:
                 suspect = True
                 self._sample(step, start, frame)

@@ -15,12 +15,12 @@ import pytest
 
 from tests.conftest import DjangoProject, line_of, violations
 
-# Where the watchdog cannot read another thread's CPU clock (no pthread_getcpuclockid: macOS,
-# Windows), each loop step reads its own; the conftest makes Linux behave that way.
+# Where the watchdog cannot read another thread's CPU clock (not Linux), each loop step reads
+# its own; the conftest makes Linux behave that way.
 PER_STEP_CLOCKS = """
 from pytest_djasync import watchdog
 
-watchdog._thread_cpu = lambda ident: None
+watchdog._thread_cpu = lambda native_id: None
 """
 CLOCKS = pytest.mark.parametrize("clocks", ["snapshots", "per-step"])
 
@@ -785,6 +785,39 @@ def test_the_watchdog_wakes_once_a_threshold_until_a_step_runs_long(
     assert float(long) == 0.005
     assert samples == "1"
     assert float(beating) == 0.05
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread clocks: Linux")
+def test_a_thread_that_ended_has_no_cpu_clock_and_no_crash(django_project: DjangoProject) -> None:
+    """The watchdog reads the CPU clock of every thread it listed; one may end meanwhile (a
+    server's executor threads come and go). ``pthread_getcpuclockid()`` on an ended thread read
+    freed memory and crashed the process (Python 3.10, a few hundred live-server requests)."""
+    django_project.tests(
+        """
+        import os
+        import threading
+        import time
+
+        from pytest_djasync import watchdog
+
+        def test_clocks():
+            ended = [threading.Thread(target=lambda: None) for _ in range(50)]
+            for thread in ended:
+                thread.start()
+                thread.join()  # the OS thread may still be exiting: then its clock still reads
+                watchdog._thread_cpu(thread.native_id)
+            for thread in ended:
+                task = f"/proc/self/task/{thread.native_id}"
+                deadline = time.monotonic() + 10
+                while os.path.exists(task) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            assert {watchdog._thread_cpu(thread.native_id) for thread in ended} == {None}
+            mine = watchdog._thread_cpu(threading.get_native_id())
+            assert mine is not None
+            assert 0 < mine <= time.thread_time()  # the same clock, read again later
+        """
+    )
+    django_project.run("-p", "no:djasync").assert_outcomes(passed=1)
 
 
 @CLOCKS
