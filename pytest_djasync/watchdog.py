@@ -185,7 +185,7 @@ def _snapshot(step: _Step, during: float) -> _Snapshot:
     return _Snapshot(
         _perf(),
         during,
-        _thread_cpu(step.native_id),
+        cpus.get(step.ident),  # the loop thread is listed: _Step made it known to threading
         _process_time(),
         _run_queue_wait(step.native_id),
         cpus,
