@@ -66,6 +66,7 @@ class _Step:
         "native_id",
         "sampled_for",
         "samples",
+        "schedstat",
         "snaps",
         "start",
         "start_cpu",
@@ -87,11 +88,18 @@ class _Step:
         self.guard_for = 0.0  # the step that ``guarded_s`` belongs to
         self.guarded_s = 0.0  # time spent in reported blocking calls during that step
         self.in_guard = False
+        self.schedstat = _open_schedstat(self.native_id)
         snap = _snapshot(self, 0.0)
         self.snaps = (snap, snap)  # the watchdog's last two: (earlier, latest)
         self.suspect_at = 0.0  # when the watchdog first saw the current long step
         self.suspect_waits: dict[int, tuple[str, float]] = {}  # native id -> (name, run-queue s)
         self.latest_waits: dict[int, tuple[str, float]] = {}  # kept for threads that end meanwhile
+
+    def close(self) -> None:
+        """Let go of the kept file; called once the thread has ended, or the watch stops."""
+        fd, self.schedstat = self.schedstat, None
+        if fd is not None:
+            os.close(fd)
 
 
 # -- the hot path ------------------------------------------------------------------------------
@@ -140,7 +148,10 @@ def current_step() -> _Step | None:
 def _register_thread() -> _Step:
     step = _Step()
     _local.step = step
+    replaced = _steps.get(step.ident)
     _steps[step.ident] = step
+    if replaced is not None:  # an ended thread's ident, taken again before the watchdog saw it end
+        replaced.close()
     return step
 
 
@@ -163,15 +174,29 @@ def _thread_cpu(native_id: int | None) -> float | None:
         return None
 
 
-def _run_queue_wait(native_id: int) -> float | None:
+def _open_schedstat(native_id: int) -> int | None:
+    """A loop thread's ``schedstat`` file, kept open: a poll then reads it with one ``pread``,
+    where opening, reading and closing it handed the GIL back and forth three times."""
     try:
-        fd = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
-    except OSError:
+        return os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+    except OSError:  # not Linux
         return None
+
+
+def _read_wait(fd: int) -> float | None:
+    """Seconds the thread was runnable but not running (the file's second field)."""
     try:
-        return int(os.read(fd, 128).split()[1]) / 1e9
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _run_queue_wait(native_id: int) -> float | None:
+    fd = _open_schedstat(native_id)
+    if fd is None:
+        return None
+    try:
+        return _read_wait(fd)
     finally:
         os.close(fd)
 
@@ -187,7 +212,7 @@ def _snapshot(step: _Step, during: float) -> _Snapshot:
         during,
         cpus.get(step.ident),  # the loop thread is listed: _Step made it known to threading
         _process_time(),
-        _run_queue_wait(step.native_id),
+        None if step.schedstat is None else _read_wait(step.schedstat),
         cpus,
     )
 
@@ -494,7 +519,8 @@ class Watchdog:
         # else someone wrapped us: leave their wrapper; ours is inert while disabled
         if _gc_log in gc.callbacks:
             gc.callbacks.remove(_gc_log)
-        _steps.clear()
+        while _steps:
+            _steps.popitem()[1].close()
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll()):
@@ -513,6 +539,7 @@ class Watchdog:
             frame = frames.get(ident)
             if frame is None:  # the thread has ended
                 _steps.pop(ident, None)
+                step.close()
                 continue
             start = step.start
             latest = step.snaps[1]

@@ -820,6 +820,63 @@ def test_a_thread_that_ended_has_no_cpu_clock_and_no_crash(django_project: Djang
     django_project.run("-p", "no:djasync").assert_outcomes(passed=1)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task: Linux")
+def test_a_loop_threads_schedstat_file_stays_open_until_the_thread_ends(
+    django_project: DjangoProject,
+) -> None:
+    """A poll reads the loop thread's run-queue wait with one ``pread`` of a kept file; the
+    file is closed once the watchdog sees the thread gone, and the rest when it stops."""
+    django_project.tests(
+        """
+        import asyncio
+        import os
+        import threading
+
+        from pytest_djasync import watchdog
+
+        def schedstat_files():
+            links = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    links.append(os.readlink(f"/proc/self/fd/{fd}"))
+                except FileNotFoundError:  # the listing's own descriptor, closed by now
+                    pass
+            return sorted(link for link in links if link.endswith("/schedstat"))
+
+        def test_files():
+            dog = watchdog.Watchdog()
+            dog.start(100)
+            dog._stop.set()
+            dog._thread.join()  # no thread: this test calls the poll itself
+            try:
+                asyncio.run(asyncio.sleep(0))
+                ran, release = threading.Event(), threading.Event()
+                worker = threading.Thread(
+                    target=lambda: (asyncio.run(asyncio.sleep(0)), ran.set(), release.wait()),
+                    daemon=True,
+                )
+                worker.start()
+                ran.wait()
+                try:
+                    two = schedstat_files()
+                    wait = watchdog._snapshot(watchdog._steps[worker.ident], 0.0).wait
+                finally:
+                    release.set()
+                worker.join()
+                dog._poll()
+                one = schedstat_files()
+            finally:
+                dog.stop()
+            none = schedstat_files()
+            print(f"files: {len(two)} {wait is not None} {one} {none}")
+            assert one == [f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"]
+        """
+    )
+    result = django_project.run("-s", "-p", "no:djasync")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*files: 2 True * []"])
+
+
 @CLOCKS
 def test_loop_steps_read_cpu_clocks_only_where_the_watchdog_cannot(
     django_project: DjangoProject, clocks: str
