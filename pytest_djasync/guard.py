@@ -10,8 +10,6 @@ import dataclasses
 import functools
 import importlib
 import sys
-import threading
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -162,7 +160,6 @@ class Guard:
     def disarm(self) -> None:
         for patch in reversed(self._patches):
             patch.undo()
-        _end_bypasses()  # after the undo, so no loop sets one again
         self._patches.clear()
         self._pending = [t for t in TARGETS if t.group in self._groups]
 
@@ -222,44 +219,16 @@ def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callabl
 
 def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
     """The same, shaped for the loop's own call between steps on every iteration: the check
-    of ``watchdog.current_step()`` is inlined, and the loop's own selector is given the plain
-    method as its own attribute, so its later iterations do not pass through here at all."""
+    of ``watchdog.current_step()`` is inlined."""
 
     @functools.wraps(original)
     def guarded(selector: Any, timeout: float | None = None) -> Any:
         step = getattr(watchdog._local, "step", None)
-        if step is None or not step.start or step.in_guard:
-            if _is_the_loops_selector(selector) and type(selector).select is guarded:
-                _bypass(selector, original)
-            return original(selector, timeout)
-        if _is_the_loops_selector(selector):
+        if step is None or not step.start or step.in_guard or _is_the_loops_selector(selector):
             return original(selector, timeout)
         return _call_watched(step, target, original, (selector, timeout), {})
 
     return guarded
-
-
-# The loops' own selectors, each with the plain ``select`` set on it; taken off at disarm.
-_bypassed: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_bypassed_lock = threading.Lock()  # loops in other threads add theirs while disarm walks them
-
-
-def _bypass(selector: Any, original: Callable[..., Any]) -> None:
-    plain = original.__get__(selector)
-    try:
-        selector.select = plain
-    except AttributeError:  # a selector class with __slots__: it keeps using the wrapper
-        return
-    with _bypassed_lock:
-        _bypassed[selector] = plain
-
-
-def _end_bypasses() -> None:
-    with _bypassed_lock:
-        for selector, plain in list(_bypassed.items()):
-            if vars(selector).get("select") is plain:
-                del selector.select
-        _bypassed.clear()
 
 
 def _call_watched(

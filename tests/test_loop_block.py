@@ -1096,46 +1096,6 @@ def test_file_guard_is_opt_in(django_project: DjangoProject) -> None:
     assert found["location"]["function"] == "reads"
 
 
-def test_the_loops_own_selector_goes_around_the_guard_until_disarm(
-    django_project: DjangoProject,
-) -> None:
-    """A loop calls its selector between every two steps; after the first call that selector
-    has the plain method as its own attribute, and disarming takes it off again. A selector
-    class with its own ``select`` over the wrapped one keeps it."""
-    django_project.tests(
-        """
-        import asyncio
-        import selectors
-
-        from pytest_djasync import guard
-
-        class Custom(selectors.DefaultSelector):
-            def select(self, timeout=None):
-                return super().select(timeout)
-
-        def run_loop_on(selector):
-            loop = asyncio.SelectorEventLoop(selector)
-            loop.run_until_complete(asyncio.sleep(0.01))
-            loop.close()
-            return selector
-
-        def test_bypass():
-            armed = guard.Guard({"select"})
-            armed.arm()
-            try:
-                plain = run_loop_on(selectors.DefaultSelector())
-                custom = run_loop_on(Custom())
-                own = vars(plain).get("select")
-                assert own is not None and not hasattr(own.__func__, "__wrapped__")
-                assert "select" not in vars(custom)
-            finally:
-                armed.disarm()
-            assert "select" not in vars(plain)
-        """
-    )
-    django_project.run().assert_outcomes(passed=1)
-
-
 def test_the_guard_patches_each_target_once_and_restores_it_exactly(
     django_project: DjangoProject,
 ) -> None:
