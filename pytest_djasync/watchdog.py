@@ -179,7 +179,7 @@ def _open_schedstat(native_id: int) -> int | None:
     where opening, reading and closing it handed the GIL back and forth three times."""
     try:
         return os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
-    except OSError:  # not Linux
+    except OSError:  # not Linux, or the thread has ended
         return None
 
 
