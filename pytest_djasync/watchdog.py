@@ -253,12 +253,14 @@ def _finish_safely(step: _Step, handle: asyncio.Handle, start: float, end: float
 def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
     if not findings.recording() or debugger_attached():
         return
+    reported = step.guarded_s if step.guard_for == start else 0.0
+    if end - start - reported < _threshold_s:
+        return  # blocking calls reported already fill the step: no stall, and no excuse to note
     blocked, excuse = _loop_own_time(step, start, end)
     if excuse:
         findings.note(*excuse)
         return
-    if step.guard_for == start:
-        blocked -= step.guarded_s  # those calls were reported as blocking calls already
+    blocked -= reported  # those calls were reported as blocking calls already
     if blocked < _threshold_s:
         return
     samples = step.samples if step.sampled_for == start else []

@@ -706,6 +706,44 @@ def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject)
 
 
 @CLOCKS
+def test_a_step_spent_in_a_reported_blocking_call_gets_no_note(
+    django_project: DjangoProject, clocks: str
+) -> None:
+    """A step that is one reported ``time.sleep`` is that finding and nothing more. Other
+    threads run while it sleeps; that is not the loop waiting for the GIL, as a note said."""
+    use_clocks(django_project, clocks)
+    django_project.tests(
+        """
+        import threading
+        import time
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_sleeps_beside_a_busy_thread():
+            stop = threading.Event()
+
+            def spin():
+                while not stop.is_set():
+                    pass
+
+            thread = threading.Thread(target=spin, name="spinner")
+            thread.start()
+            try:
+                time.sleep(0.3)
+            finally:
+                stop.set()
+                thread.join()
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(failed=1)
+    [found] = violations(report, "test_sleeps_beside_a_busy_thread")
+    assert found["message"].startswith("blocking call time.sleep()")
+    assert "DjasyncWarning" not in result.stdout.str()
+
+
+@CLOCKS
 def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     django_project: DjangoProject, clocks: str
 ) -> None:
