@@ -104,13 +104,15 @@ _recorders: list[Recorder] = []  # every active recorder gets every crossing (ne
 _explaining = 0  # how many of them explain: none, in a plain --djasync run
 
 
+def _count() -> None:
+    """A crossing that no recorder wants explained: only its request is kept."""
+    request = findings.current_request.get()
+    for recorder in tuple(_recorders):
+        recorder._requests.append(request)
+
+
 def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
     recorders = tuple(_recorders)
-    if not _explaining:
-        request = findings.current_request.get()
-        for recorder in recorders:
-            recorder._requests.append(request)
-        return
     callers: list[tuple[CodeType, int, str]] = []
     frame = caller
     while frame is not None and len(callers) < _CALLER_DEPTH:
@@ -139,7 +141,10 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
         if _recorders and id(__call__) in _shared.wrappers:  # live, not a stale one restored
-            _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
+            if _explaining:
+                _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
+            else:
+                _count()
         return original(self, *args, **kwargs)
 
     return markcoroutinefunction(__call__)
@@ -149,7 +154,10 @@ def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: AsyncToSync[Any, Any], *args: Any, **kwargs: Any) -> Any:
         if _recorders and id(__call__) in _shared.wrappers:
-            _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
+            if _explaining:
+                _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
+            else:
+                _count()
         return original(self, *args, **kwargs)
 
     return __call__

@@ -10,6 +10,8 @@ import dataclasses
 import functools
 import importlib
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -160,6 +162,7 @@ class Guard:
     def disarm(self) -> None:
         for patch in reversed(self._patches):
             patch.undo()
+        _end_bypasses()  # after the undo, so no loop sets one again
         self._patches.clear()
         self._pending = [t for t in TARGETS if t.group in self._groups]
 
@@ -186,6 +189,8 @@ def _install(target: Target) -> patching.Patch | None:
 
 def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
     if target.applies is _blocking_socket:
+        if target.attr in _SELF_PIPE_METHODS:
+            return _wrap_self_pipe_method(original, target)
         return _wrap_socket_method(original, target)
     if target.applies is _not_the_loops_selector:
         return _wrap_selector_select(original, target)
@@ -217,18 +222,67 @@ def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callabl
     return guarded
 
 
+_SELF_PIPE_METHODS = frozenset({"recv", "send"})
+
+
+def _wrap_self_pipe_method(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """``recv`` and ``send``, which asyncio's self-pipe calls at every thread hand-off (three
+    calls a wake-up), shaped like the C methods: positional-only, ``flags`` defaulting to 0, so
+    the common call builds no argument tuple or dict."""
+
+    @functools.wraps(original)
+    def guarded(sock: Any, arg: Any, flags: int = 0, /) -> Any:
+        if sock.gettimeout() == 0.0:
+            return original(sock, arg, flags)
+        step = watchdog.current_step()
+        if step is None or step.in_guard:
+            return original(sock, arg, flags)
+        return _call_watched(step, target, original, (sock, arg, flags), {})
+
+    return guarded
+
+
 def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
     """The same, shaped for the loop's own call between steps on every iteration: the check
-    of ``watchdog.current_step()`` is inlined."""
+    of ``watchdog.current_step()`` is inlined, and the loop's own selector is given the plain
+    method as its own attribute, so its later iterations do not pass through here at all."""
 
     @functools.wraps(original)
     def guarded(selector: Any, timeout: float | None = None) -> Any:
         step = getattr(watchdog._local, "step", None)
-        if step is None or not step.start or step.in_guard or _is_the_loops_selector(selector):
+        if step is None or not step.start or step.in_guard:
+            if type(selector).select is guarded and _is_the_loops_selector(selector):
+                _bypass(selector, original)
+            return original(selector, timeout)
+        if _is_the_loops_selector(selector):
             return original(selector, timeout)
         return _call_watched(step, target, original, (selector, timeout), {})
 
     return guarded
+
+
+# The loops' own selectors that carry the plain ``select``, with the function it binds; taken
+# off at disarm. Weak keys, so a closed loop's selector is not kept alive.
+_bypassed: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
+_bypassed_lock = threading.Lock()  # loops in other threads add theirs while disarm walks them
+
+
+def _bypass(selector: Any, original: Callable[..., Any]) -> None:
+    try:
+        selector.select = original.__get__(selector)
+    except AttributeError:  # a selector class with __slots__: it keeps using the wrapper
+        return
+    with _bypassed_lock:
+        _bypassed[selector] = original
+
+
+def _end_bypasses() -> None:
+    with _bypassed_lock:
+        for selector, original in list(_bypassed.items()):
+            own = vars(selector).get("select")
+            if getattr(own, "__func__", None) is original:
+                del selector.select
+        _bypassed.clear()
 
 
 def _call_watched(

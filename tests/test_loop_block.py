@@ -95,6 +95,14 @@ async def socket_pair(request):
     return _ok()
 
 
+async def socket_send_recv(request):
+    left, right = socket.socketpair()
+    with left, right:
+        left.send(b"x", 0)
+        right.recv(1, 0)
+    return _ok()
+
+
 async def dns(request):
     socket.getaddrinfo("localhost", 80)
     return _ok()
@@ -157,8 +165,8 @@ BLOCKING_TESTS = """
 import pytest
 
 CASES = [
-    "sleeps", "socket_pair", "dns", "selects", "a_selector", "subprocess_run", "with_requests",
-    "with_urllib3", "with_urllib", "with_httpx_client", "with_http_client",
+    "sleeps", "socket_pair", "socket_send_recv", "dns", "selects", "a_selector", "subprocess_run",
+    "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_http_client",
 ]
 
 
@@ -173,6 +181,7 @@ async def test_view(asgi_client, upstream, view):
 EXPECTED_CALLS = {
     "sleeps": ("time.sleep", "time.sleep(0.001)"),
     "socket_pair": ("socket.sendall", 'left.sendall(b"x")'),
+    "socket_send_recv": ("socket.send", 'left.send(b"x", 0)'),
     "dns": ("socket.getaddrinfo", 'socket.getaddrinfo("localhost", 80)'),
     "selects": ("select.select", "select.select([read], [], [], 0.001)"),
     "a_selector": ("selectors.Selector.select", "selector.select(0.001)"),
@@ -200,6 +209,9 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
         assert first["location"] == {"path": "tproj/views.py", "line": line, "function": view}
         assert first["request"] == f"GET /{view}/"
         assert first["location"] in first["stack"]
+    _, recv = violations(report, "test_view[socket_send_recv]")
+    assert recv["message"].startswith("blocking call socket.recv()"), recv["message"]
+    assert recv["location"]["line"] == line_of(BLOCKING_VIEWS, "right.recv(1, 0)")
 
 
 def test_nested_blocking_calls_are_reported_once(django_project: DjangoProject) -> None:
@@ -1132,6 +1144,52 @@ def test_file_guard_is_opt_in(django_project: DjangoProject) -> None:
     [found] = violations(report, "test_reads")
     assert found["message"].startswith("blocking call io.open()")
     assert found["location"]["function"] == "reads"
+
+
+def test_the_loops_own_selector_goes_around_the_guard_until_disarm(
+    django_project: DjangoProject,
+) -> None:
+    """A loop calls its selector between every two steps; after the first call that selector
+    has the plain method as its own attribute, and disarming takes it off again. A selector
+    class with its own ``select`` over the wrapped one keeps it, and the record of bypassed
+    selectors does not keep a closed loop's selector alive."""
+    django_project.tests(
+        """
+        import asyncio
+        import gc
+        import selectors
+        import weakref
+
+        from pytest_djasync import guard
+
+        class Custom(selectors.DefaultSelector):
+            def select(self, timeout=None):
+                return super().select(timeout)
+
+        def run_loop_on(selector):
+            loop = asyncio.SelectorEventLoop(selector)
+            loop.run_until_complete(asyncio.sleep(0.01))
+            loop.close()
+            return selector
+
+        def test_bypass():
+            armed = guard.Guard({"select"})
+            armed.arm()
+            try:
+                plain = run_loop_on(selectors.DefaultSelector())
+                custom = run_loop_on(Custom())
+                own = vars(plain).get("select")
+                assert own is not None and not hasattr(own.__func__, "__wrapped__")
+                assert "select" not in vars(custom)
+                gone = weakref.ref(run_loop_on(selectors.DefaultSelector()))
+                gc.collect()
+                assert gone() is None
+            finally:
+                armed.disarm()
+            assert "select" not in vars(plain)
+        """
+    )
+    django_project.run().assert_outcomes(passed=1)
 
 
 def test_the_guard_patches_each_target_once_and_restores_it_exactly(
