@@ -252,7 +252,7 @@ def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Calla
         step = getattr(watchdog._local, "step", None)
         if step is None or not step.start or step.in_guard:
             if type(selector).select is guarded and _is_the_loops_selector(selector):
-                _bypass(selector, original)
+                _bypass(selector, original, guarded)
             return original(selector, timeout)
         if _is_the_loops_selector(selector):
             return original(selector, timeout)
@@ -267,12 +267,14 @@ _bypassed: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyD
 _bypassed_lock = threading.Lock()  # loops in other threads add theirs while disarm walks them
 
 
-def _bypass(selector: Any, original: Callable[..., Any]) -> None:
-    try:
-        selector.select = original.__get__(selector)
-    except AttributeError:  # a selector class with __slots__: it keeps using the wrapper
-        return
+def _bypass(selector: Any, original: Callable[..., Any], wrapper: Callable[..., Any]) -> None:
     with _bypassed_lock:
+        if type(selector).select is not wrapper:  # disarmed meanwhile, from another thread
+            return
+        try:
+            selector.select = original.__get__(selector)
+        except AttributeError:  # a selector class with __slots__: it keeps using the wrapper
+            return
         _bypassed[selector] = original
 
 
