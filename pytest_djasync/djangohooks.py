@@ -32,28 +32,6 @@ def test_client_signals() -> Iterator[None]:
             request_finished.connect(close_old_connections)
 
 
-def warm_up() -> None:
-    """Import the URLconf, the views and the middleware before the first test runs.
-
-    Otherwise the first request pays for those imports inside a loop step, and the watchdog
-    would blame whichever test happened to run first.
-    """
-    try:
-        from django.apps import apps
-        from django.conf import settings
-
-        if not settings.configured or not apps.ready:
-            return
-        from django.urls import get_resolver
-
-        get_resolver().url_patterns  # noqa: B018 - imports the URLconf, and with it the views
-        from pytest_djasync.client import django_asgi_app
-
-        django_asgi_app()  # loading the middleware chain imports every middleware class
-    except Exception:
-        pass
-
-
 def _naming_requests(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
     async def __call__(self: Any, scope: Mapping[str, Any], *args: Any) -> Any:

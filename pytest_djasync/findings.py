@@ -267,6 +267,14 @@ def user_frame(stack: Stack) -> Frame | None:
     return stack[-1] if stack else None
 
 
+def importing(stack: Stack) -> bool:
+    """Whether the stack was sampled during an import, whose time is set aside (``imports``)."""
+    return any(frame.path == _IMPORT_MACHINERY for frame in stack)
+
+
+_IMPORT_MACHINERY = "<frozen importlib._bootstrap>"
+
+
 def most_seen(samples: Sequence[Stack]) -> tuple[Frame | None, int, Stack] | None:
     """The user location sampled most often, how often, and the latest stack showing it."""
     if not samples:

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pytest_djasync import findings, patching, watchdog
+from pytest_djasync import findings, imports, patching, watchdog
 from pytest_djasync.findings import Finding
 
 _perf = watchdog._perf
@@ -146,25 +146,45 @@ class Guard:
         self._groups = frozenset(groups)
         self._pending = [t for t in TARGETS if t.group in self._groups]
         self._patches: list[patching.Patch] = []
+        self._armed = False
+        # Imports in any thread call ``imported``; reentrant, as looking up a target's owner
+        # could import a module and call it again.
+        self._lock = threading.RLock()
 
     def arm(self) -> None:
-        """Patch every chosen target whose module is imported by now (cheap to call often)."""
+        """Patch every chosen target whose module is imported by now; until ``disarm``,
+        ``imported`` patches those that later imports bring."""
+        with self._lock:
+            self._armed = True
+            self._arm_pending()
+
+    def imported(self) -> None:
+        """A module was imported for the first time: patch the targets it brought."""
+        with self._lock:
+            if self._armed:
+                self._arm_pending()
+
+    def _arm_pending(self) -> None:
+        pending, self._pending = self._pending, []
         still_pending = []
-        for target in self._pending:
-            if target.module not in sys.modules:
+        for target in pending:
+            module = sys.modules.get(target.module)
+            if module is None or imports.initializing(module):
                 still_pending.append(target)
                 continue
             patch = _install(target)
             if patch is not None:
                 self._patches.append(patch)
-        self._pending = still_pending
+        self._pending += still_pending
 
     def disarm(self) -> None:
-        for patch in reversed(self._patches):
-            patch.undo()
-        _end_bypasses()  # after the undo, so no loop sets one again
-        self._patches.clear()
-        self._pending = [t for t in TARGETS if t.group in self._groups]
+        with self._lock:
+            self._armed = False
+            for patch in reversed(self._patches):
+                patch.undo()
+            _end_bypasses()  # after the undo, so no loop sets one again
+            self._patches.clear()
+            self._pending = [t for t in TARGETS if t.group in self._groups]
 
 
 def owner_of(target: Target) -> Any:
@@ -305,10 +325,7 @@ def _call_watched(
 
 def _report(step: Any, target: Target, caller: Any, took: float) -> None:
     try:
-        if step.guard_for != step.start:
-            step.guard_for = step.start
-            step.guarded_s = 0.0
-        step.guarded_s += took
+        watchdog.explain(step, took)
         if not findings.recording() or watchdog.debugger_attached():
             return
         stack = findings.capture(caller)

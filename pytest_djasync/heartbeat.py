@@ -108,7 +108,9 @@ def _debugging() -> bool:
 
 
 def _judge(watched: _Watched, lag: float, samples: list[findings.Stack]) -> None:
-    most = findings.most_seen(samples)
+    # A first-time import is not the loop's stall (see ``imports``), and it is only sampled
+    # here, not timed: its samples name no place, and count against the agreement below.
+    most = findings.most_seen([stack for stack in samples if not findings.importing(stack)])
     if most is None:
         return  # nothing seen during the wait: no evidence the loop itself was stuck
     place, seen, stack = most

@@ -7,6 +7,7 @@ returned findings whether the test fails.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterable, Sequence
 
 from pytest_djasync import (
@@ -15,6 +16,7 @@ from pytest_djasync import (
     fanout,
     findings,
     heartbeat,
+    imports,
     patching,
     syncops,
 )
@@ -57,15 +59,15 @@ class Watch:
         self._block_ms_now = block_ms
         self._patches: list[patching.Patch] = []
         self.running = False
-        self._warmed = False
+        self._importing = threading.Lock()  # imports in other threads add patches
 
     def start(self) -> None:
-        if not self._warmed:  # the first request must not pay for importing the project
-            djangohooks.warm_up()
-            self._warmed = True
         self._watchdog.start(self.block_ms)
+        # The first request imports the URLconf and the views inside a loop step: set aside.
+        # Installed before the guard arms, so that no import in between goes unseen.
+        self._patches = imports.install(self._imported)
         self._guard.arm()
-        self._patches = djangohooks.track_requests() + syncops.install()
+        self._patches += djangohooks.track_requests() + syncops.install() + heartbeat.install()
         crossings.pin(self)
         fanout.pin(self)
         self.running = True
@@ -73,10 +75,11 @@ class Watch:
     def stop(self) -> None:
         if not self.running:
             return
-        self.running = False
+        with self._importing:
+            self.running = False
+            for patch in reversed(self._patches):
+                patch.undo()
         findings.activate(None)
-        for patch in reversed(self._patches):
-            patch.undo()
         crossings.unpin(self)
         fanout.unpin(self)
         self._guard.disarm()
@@ -88,12 +91,18 @@ class Watch:
             return
         if not self.running:
             self.start()
-        self._guard.arm()  # modules the project imported since the last test
-        self._patches += heartbeat.install()  # uvloop, if the project imported it by now
         self._watchdog.set_threshold(block_ms)
         self._block_ms_now = block_ms
         self._collector = Collector(nodeid, self.allow)
         findings.activate(self._collector)
+
+    def _imported(self) -> None:
+        """Any thread imported a module: wrap what it brought (a library's blocking calls,
+        uvloop's loop) now, not at the next test."""
+        self._guard.imported()
+        with self._importing:
+            if self.running:
+                self._patches += heartbeat.install()
 
     def begin_call(
         self, nodeid: str, count_crossings: bool, record_fanout: bool, explain: bool

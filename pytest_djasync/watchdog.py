@@ -14,8 +14,9 @@ cannot be read (not Linux), every step reads its own.
 A long step is only a finding when the loop itself was to blame. Subtracted or excused:
 garbage-collection pauses (``gc.callbacks``), time the OS kept the runnable thread off the CPU
 (run-queue wait from ``/proc/self/task/<tid>/schedstat`` on Linux), time covered by blocking
-calls the guard already reported, and time the loop thread spent waiting for a GIL that
-another thread of the process held (a note naming that thread, not a finding).
+calls the guard already reported, time spent importing modules for the first time (see
+``imports``), and time the loop thread spent waiting for a GIL that another thread of the
+process held (a note naming that thread, not a finding).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class _Step:
     """What one thread's loop is doing now; written by that thread, sampled by the watchdog."""
 
     __slots__ = (
-        "guard_for",
-        "guarded_s",
+        "explained_cpu",
+        "explained_for",
+        "explained_s",
         "ident",
         "in_guard",
         "latest_waits",
@@ -85,8 +87,9 @@ class _Step:
         self.start_proc = 0.0  # the process's CPU time then, likewise
         self.samples: list[Stack] = []
         self.sampled_for = 0.0
-        self.guard_for = 0.0  # the step that ``guarded_s`` belongs to
-        self.guarded_s = 0.0  # time spent in reported blocking calls during that step
+        self.explained_for = 0.0  # the step that ``explained_s`` belongs to
+        self.explained_s = 0.0  # time in that step already reported or excused (see explain)
+        self.explained_cpu = 0.0  # CPU time of this thread within ``explained_s``, where known
         self.in_guard = False
         self.schedstat = _open_schedstat(self.native_id)
         snap = _snapshot(self, 0.0)
@@ -135,6 +138,22 @@ def _timed_run(self: asyncio.Handle) -> None:
 
 
 findings.mark_step_boundary(_timed_run.__code__)
+
+
+def explain(step: _Step, seconds: float, cpu: float = 0.0) -> None:
+    """Take ``seconds`` of the running step, ``cpu`` of them on the CPU, out of its stall
+    judgement: time in blocking calls reported as such already, or the loop thread's own time
+    in first-time imports (see ``imports``)."""
+    if step.explained_for != step.start:
+        step.explained_for = step.start
+        step.explained_s = step.explained_cpu = 0.0
+    step.explained_s += seconds
+    step.explained_cpu += cpu
+
+
+def run_queue_wait(step: _Step) -> float | None:
+    """The loop thread's run-queue wait so far (Linux), to tell its own time from the OS's."""
+    return None if step.schedstat is None else _read_wait(step.schedstat)
 
 
 def current_step() -> _Step | None:
@@ -253,14 +272,15 @@ def _finish_safely(step: _Step, handle: asyncio.Handle, start: float, end: float
 def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> None:
     if not findings.recording() or debugger_attached():
         return
-    reported = step.guarded_s if step.guard_for == start else 0.0
-    if end - start - reported < _threshold_s:
-        return  # blocking calls reported already fill the step: no stall, and no excuse to note
-    blocked, excuse = _loop_own_time(step, start, end)
+    explained = (0.0, 0.0)
+    if step.explained_for == start:
+        explained = (step.explained_s, step.explained_cpu)
+    if end - start - explained[0] < _threshold_s:
+        return  # reported blocking calls and imports fill the step: no stall, no excuse to note
+    blocked, excuse = _loop_own_time(step, start, end, explained)
     if excuse:
         findings.note(*excuse)
         return
-    blocked -= reported  # those calls were reported as blocking calls already
     if blocked < _threshold_s:
         return
     samples = step.samples if step.sampled_for == start else []
@@ -317,16 +337,21 @@ def _cpu_during(
     return loop, now.process_cpu - before.process_cpu - since_before
 
 
-def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[str, str] | None]:
+def _loop_own_time(
+    step: _Step, start: float, end: float, explained: tuple[float, float]
+) -> tuple[float, tuple[str, str] | None]:
     """Seconds of the step that the loop thread itself is to blame for, and any excuse note.
 
     The watchdog's snapshots from before and during the step bound the loop thread's CPU time
     (was it busy?) and give the run-queue wait, scaled to the whole step. Both bounds lean
-    towards an excuse: a finding needs the loop thread's own CPU or its own waiting.
+    towards an excuse: a finding needs the loop thread's own CPU or its own waiting. The
+    ``explained`` seconds and CPU seconds (reported calls, imports) are the thread's own time
+    already accounted for: they come off both.
     """
+    explained_s, explained_cpu = explained
     blocked = end - start - _gc_log.overlap(start, end)
-    if blocked < _threshold_s:
-        return blocked, None
+    if blocked - explained_s < _threshold_s:
+        return blocked - explained_s, None
     before, first = _snapshots_of(step, start, end)
     now = _snapshot(step, start)
     base = _wait_baseline(before, first, start)
@@ -335,7 +360,9 @@ def _loop_own_time(step: _Step, start: float, end: float) -> tuple[float, tuple[
         observed = end - observed_from
         own = observed - _gc_log.overlap(observed_from, end) - (now.wait - base.wait)
         blocked = min(blocked, max(0.0, own) * (end - start) / max(observed, 1e-9))
+    blocked -= explained_s
     loop_cpu, other_cpu = _cpu_during(step, start, before, first, now)
+    loop_cpu -= explained_cpu
     if blocked < _threshold_s or loop_cpu >= 0.5 * blocked:
         return blocked, None  # under the threshold, or the loop thread itself was busy
     if other_cpu >= 0.5 * blocked:
@@ -409,8 +436,8 @@ def _thread_name(ident: int) -> str:
 
 
 def _stall_stack(samples: list[Stack], handle: asyncio.Handle) -> tuple[Stack, str]:
-    """The stack sampled most often at one user location during the stall."""
-    seen = findings.most_seen(samples)
+    """The stack sampled most often at one user location during the stall, imports aside."""
+    seen = findings.most_seen([stack for stack in samples if not findings.importing(stack)])
     if seen is not None:
         return seen[2], ""
     return _suspended_stack(handle), (

@@ -376,6 +376,7 @@ def test_installed_but_not_enabled_changes_nothing(django_project):
     django_project.tests(
         """
         import asyncio
+        import importlib._bootstrap
         import inspect
         import socket
         import threading
@@ -392,7 +393,10 @@ def test_installed_but_not_enabled_changes_nothing(django_project):
             assert asyncio.Handle._run.__qualname__ == "Handle._run"
             assert inspect.ismethoddescriptor(socket.socket.connect)
             for function in (
-                ASGIHandler.__call__, SyncToAsync.__call__, AsyncToSync.__call__
+                ASGIHandler.__call__,
+                SyncToAsync.__call__,
+                AsyncToSync.__call__,
+                importlib._bootstrap._find_and_load,
             ):
                 assert not hasattr(function, "__wrapped__"), function
             assert not [t for t in threading.enumerate() if "djasync" in t.name]

@@ -474,18 +474,23 @@ def test_blocks_are_found_wherever_they_happen(django_project: DjangoProject) ->
 
 @pytest.mark.skipif(django.VERSION < (5, 0), reason="async signal receivers need Django 5.0")
 def test_async_signal_receiver(django_project: DjangoProject) -> None:
-    django_project.views(
+    django_project.module(
+        "tproj/signals.py",
         """
         import time
 
         from django.core.signals import request_started
         from django.dispatch import receiver
-        from django.http import HttpResponse
 
 
         @receiver(request_started)
         async def _slow_receiver(sender, **kwargs):
             time.sleep(0.001)
+        """,
+    )
+    django_project.views(
+        """
+        from django.http import HttpResponse
 
 
         async def plain(request):
@@ -495,6 +500,8 @@ def test_async_signal_receiver(django_project: DjangoProject) -> None:
     django_project.tests(
         """
         import pytest
+
+        import tproj.signals  # noqa: F401 - connects the receiver, as an AppConfig.ready would
 
         @pytest.mark.asyncio
         async def test_it(asgi_client):
@@ -665,18 +672,40 @@ def test_no_false_positives_for_work_off_the_loop(django_project: DjangoProject)
     assert all(not entry["violations"] for entry in report["tests"]), report
 
 
-def test_first_request_importing_the_urlconf_is_not_blamed(django_project: DjangoProject) -> None:
+SLOW_IMPORT = {
+    "sleeps": "time.sleep(0.3)",  # a blocking call, made by the module's top-level code
+    "computes": "_spin(0.3)",  # pure-Python CPU work: a stall, were it the loop's
+}
+
+# CPU seconds of the calling thread, however busy the machine is.
+SPIN = """
+import time
+
+
+def _spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+"""
+
+
+@pytest.mark.parametrize("work", sorted(SLOW_IMPORT))
+def test_first_request_importing_the_urlconf_is_not_blamed(
+    django_project: DjangoProject, work: str
+) -> None:
+    """The first request imports the URLconf and the views inside a loop step: imports are
+    set aside, as which test pays for them depends on the order tests run in."""
     django_project.views(
-        """
-        import time
+        SPIN
+        + f"""
+from django.http import HttpResponse
 
-        from django.http import HttpResponse
+{SLOW_IMPORT[work]}  # a slow import, paid once by the first request
 
-        time.sleep(0.3)  # a slow import: paid once, before the first test, by the warm-up
 
-        async def view(request):
-            return HttpResponse("ok")
-        """
+async def view(request):
+    return HttpResponse("ok")
+"""
     )
     django_project.tests(
         """
@@ -687,8 +716,57 @@ def test_first_request_importing_the_urlconf_is_not_blamed(django_project: Djang
             assert (await asgi_client.get("/view/")).status_code == 200
         """
     )
-    result, _ = django_project.report("--djasync-block-ms=50")
+    result, report = django_project.report("--djasync-block-ms=50")
     result.assert_outcomes(passed=1)
+    assert not violations(report, "test_first")
+
+
+LAZY_VIEWS = (
+    SPIN
+    + """
+from django.http import HttpResponse
+
+
+async def lazy(request):
+    import tproj.heavy  # noqa: F401
+    return HttpResponse("ok")
+
+
+async def lazy_then_busy(request):
+    import tproj.heavier  # noqa: F401
+    _spin(0.3)
+    return HttpResponse("ok")
+"""
+)
+
+HEAVY = SPIN + "\n_spin(0.3)\n"
+
+
+def test_a_lazy_import_is_set_aside_but_not_the_rest_of_its_step(
+    django_project: DjangoProject,
+) -> None:
+    django_project.views(LAZY_VIEWS)
+    django_project.module("tproj/heavy.py", HEAVY)
+    django_project.module("tproj/heavier.py", HEAVY)
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.parametrize("view", ["lazy", "lazy_then_busy"])
+        async def test_view(asgi_client, view):
+            assert (await asgi_client.get(f"/{view}/")).status_code == 200
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=100")
+    result.assert_outcomes(passed=1, failed=1)
+    assert not violations(report, "test_view[lazy]")
+    [stall] = violations(report, "test_view[lazy_then_busy]")
+    assert stall["kind"] == "stall"
+    # Samples taken while tproj.heavier was imported are left out: the stall is the view's.
+    assert stall["location"]["path"] == "tproj/views.py"
+    assert stall["location"]["function"] == "_spin"
+    assert stall["request"] == "GET /lazy_then_busy/"
 
 
 def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject) -> None:
@@ -1223,3 +1301,54 @@ def test_the_guard_patches_each_target_once_and_restores_it_exactly(
         """
     )
     django_project.run().assert_outcomes(passed=1)
+
+
+def test_imports_are_set_aside_only_while_the_session_is_watched(
+    django_project: DjangoProject,
+) -> None:
+    django_project.module(
+        "conftest.py",
+        """
+        import importlib._bootstrap
+        import pathlib
+
+        ORIGINAL = importlib._bootstrap._find_and_load
+
+        def pytest_unconfigure(config):
+            restored = importlib._bootstrap._find_and_load is ORIGINAL
+            pathlib.Path("restored.txt").write_text(str(restored))
+        """,
+    )
+    django_project.tests(
+        """
+        import importlib._bootstrap
+
+        def test_wrapped():
+            assert importlib._bootstrap._find_and_load.__wrapped__ is not None
+        """
+    )
+    django_project.run("--djasync").assert_outcomes(passed=1)
+    assert (django_project.path / "restored.txt").read_text() == "True"
+
+
+def test_a_library_imported_mid_test_is_guarded_at_once(django_project: DjangoProject) -> None:
+    """The guard wraps requests the moment it is imported, not from the next test on."""
+    django_project.module("conftest.py", UPSTREAM)
+    django_project.tests(
+        """
+        import sys
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_imports_and_calls(upstream):
+            assert "requests" not in sys.modules
+            import requests
+
+            requests.get(upstream, timeout=5)
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(failed=1)
+    [only] = violations(report, "test_imports_and_calls")
+    assert only["message"].startswith("blocking call requests.Session.send()"), only["message"]

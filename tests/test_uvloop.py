@@ -73,3 +73,35 @@ def test_not_patched_when_unwatched(request):
         "--djasync", "-p", "no:randomly", "-k", "clean or unwatched"
     ).assert_outcomes(passed=2)
     assert (django_project.path / "patched-after.txt").read_text() == "False"
+
+
+def test_a_first_time_import_on_a_uvloop_loop_is_not_a_stall(
+    django_project: DjangoProject,
+) -> None:
+    django_project.module(
+        "slow_module.py",
+        """
+        import time
+
+        end = time.thread_time() + 0.5
+        while time.thread_time() < end:  # CPU work at import: a stall, were it the loop's
+            pass
+        """,
+    )
+    django_project.tests(
+        """
+        import asyncio
+
+        import uvloop
+
+        async def _imports():
+            await asyncio.sleep(0)
+            import slow_module  # noqa: F401
+
+        def test_import_on_uvloop():
+            uvloop.run(_imports())
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_import_on_uvloop")
