@@ -108,6 +108,7 @@ class Plan:
     allow_reason: str | None
     max_crossings: int | None
     fanout: tuple[int, float | None] | None
+    django_db: bool = False  # pytest-django's marker, seen in the same walk over the markers
 
     @property
     def asks_for_watching(self) -> bool:
@@ -130,17 +131,23 @@ def plan(item: pytest.Item, default_block_ms: float) -> Plan:
 
 def _read(item: pytest.Item, default_block_ms: float) -> Plan:
     # One walk over the markers: most tests carry none of ours and share one plan.
-    if not any(marker.name in _OURS for marker in item.iter_markers()):
-        return _unmarked(default_block_ms)
+    names = {marker.name for marker in item.iter_markers()}
+    django_db = _DJANGO_DB in names
+    if names.isdisjoint(_OURS):
+        return _unmarked(default_block_ms, django_db)
     return Plan(
         block_ms=block_ms(item, default_block_ms),
         block_marked=item.get_closest_marker(BLOCK_MS) is not None,
         allow_reason=allow_blocking_reason(item),
         max_crossings=max_crossings(item),
         fanout=fanout(item),
+        django_db=django_db,
     )
 
 
+_DJANGO_DB = "django_db"
+
+
 @functools.lru_cache(maxsize=8)
-def _unmarked(default_block_ms: float) -> Plan:
-    return Plan(default_block_ms, False, None, None, None)
+def _unmarked(default_block_ms: float, django_db: bool) -> Plan:
+    return Plan(default_block_ms, False, None, None, None, django_db)

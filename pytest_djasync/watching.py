@@ -79,10 +79,19 @@ class WatchHooks:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # A hook on every fixture's set-up costs every test; only a run that needs it has it.
         settings = self.settings
-        if settings.enabled.value and settings.db_thread.value and any(map(_needs_db, items)):
+        if settings.enabled.value and settings.db_thread.value and any(map(self._needs_db, items)):
             manager = self.config.pluginmanager
             if not manager.has_plugin(DB_PLUGIN):
                 manager.register(DatabaseSharing(), DB_PLUGIN)
+
+    def _needs_db(self, item: pytest.Item) -> bool:
+        """A test that shares the database thread and asks for the database where collection
+        sees it: the ``django_db`` marker, or ``db``, ``transactional_db`` and the like among
+        its fixtures (a ``request.getfixturevalue("db")`` is seen only once some test
+        qualifies). The marker comes from the test's plan, read already at collection."""
+        uses_db = _compat.DJANGO_DB_HELPER_FIXTURE in getattr(item, "fixturenames", ())
+        marked = markers.plan(item, self.watch.block_ms).django_db
+        return (uses_db or marked) and _shares_db(item)
 
     # -- one test ---------------------------------------------------------------------------------
 
@@ -278,14 +287,6 @@ class DatabaseSharing:
 
     def pytest_sessionfinish(self) -> None:
         self.db_thread.close()
-
-
-def _needs_db(item: pytest.Item) -> bool:
-    """A test that shares the database thread and asks for the database where collection sees
-    it: the ``django_db`` marker, or ``db``, ``transactional_db`` and the like among its
-    fixtures (a ``request.getfixturevalue("db")`` is seen only once some test qualifies)."""
-    uses_db = _compat.DJANGO_DB_HELPER_FIXTURE in getattr(item, "fixturenames", ())
-    return (uses_db or item.get_closest_marker("django_db") is not None) and _shares_db(item)
 
 
 def _shares_db(item: pytest.Item) -> bool:
