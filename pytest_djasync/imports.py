@@ -50,8 +50,9 @@ def _set_aside(
             return module
         finally:
             took, cpu = _perf() - start, _thread_time() - cpu
-            if waited is not None:
-                took -= (watchdog.run_queue_wait(step) or waited) - waited
+            waited_now = watchdog.run_queue_wait(step)
+            if waited is not None and waited_now is not None:
+                took -= waited_now - waited
             step.in_guard = False
             watchdog.explain(step, max(0.0, took), cpu)
 
