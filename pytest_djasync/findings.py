@@ -267,8 +267,7 @@ def user_frame(stack: Stack) -> Frame | None:
     return stack[-1] if stack else None
 
 
-def importing(stack: Stack) -> bool:
-    """Whether the stack was sampled during an import, whose time is set aside (``imports``)."""
+def _importing(stack: Stack) -> bool:
     return any(frame.path == _IMPORT_MACHINERY for frame in stack)
 
 
@@ -276,7 +275,12 @@ _IMPORT_MACHINERY = "<frozen importlib._bootstrap>"
 
 
 def most_seen(samples: Sequence[Stack]) -> tuple[Frame | None, int, Stack] | None:
-    """The user location sampled most often, how often, and the latest stack showing it."""
+    """The user location sampled most often, how often, and the latest stack showing it.
+
+    Samples taken during an import name no place: a first-time import's time is set aside
+    (see ``imports``), so it is never what a stall is blamed on.
+    """
+    samples = [stack for stack in samples if not _importing(stack)]
     if not samples:
         return None
     place, seen = Counter(user_frame(stack) for stack in samples).most_common(1)[0]

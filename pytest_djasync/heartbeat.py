@@ -108,9 +108,9 @@ def _debugging() -> bool:
 
 
 def _judge(watched: _Watched, lag: float, samples: list[findings.Stack]) -> None:
-    # A first-time import is not the loop's stall (see ``imports``), and it is only sampled
-    # here, not timed: its samples name no place, and count against the agreement below.
-    most = findings.most_seen([stack for stack in samples if not findings.importing(stack)])
+    # Samples taken during a first-time import name no place (``most_seen``) but count
+    # against the agreement below: here an import is only sampled, not timed.
+    most = findings.most_seen(samples)
     if most is None:
         return  # nothing seen during the wait: no evidence the loop itself was stuck
     place, seen, stack = most

@@ -275,8 +275,6 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     explained = (0.0, 0.0)
     if step.explained_for == start:
         explained = (step.explained_s, step.explained_cpu)
-    if end - start - explained[0] < _threshold_s:
-        return  # reported blocking calls and imports fill the step: no stall, no excuse to note
     blocked, excuse = _loop_own_time(step, start, end, explained)
     if excuse:
         findings.note(*excuse)
@@ -350,7 +348,7 @@ def _loop_own_time(
     """
     explained_s, explained_cpu = explained
     blocked = end - start - _gc_log.overlap(start, end)
-    if blocked - explained_s < _threshold_s:
+    if blocked - explained_s < _threshold_s:  # reported calls and imports fill it: no note
         return blocked - explained_s, None
     before, first = _snapshots_of(step, start, end)
     now = _snapshot(step, start)
@@ -437,7 +435,7 @@ def _thread_name(ident: int) -> str:
 
 def _stall_stack(samples: list[Stack], handle: asyncio.Handle) -> tuple[Stack, str]:
     """The stack sampled most often at one user location during the stall, imports aside."""
-    seen = findings.most_seen([stack for stack in samples if not findings.importing(stack)])
+    seen = findings.most_seen(samples)
     if seen is not None:
         return seen[2], ""
     return _suspended_stack(handle), (
