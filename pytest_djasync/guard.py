@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import functools
 import importlib
+import socket
 import sys
 import threading
 import weakref
@@ -265,7 +266,8 @@ def _wrap_self_pipe_method(original: Callable[..., Any], target: Target) -> Call
 def _wrap_selector_select(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
     """The same, shaped for the loop's own call between steps on every iteration: the check
     of ``watchdog.current_step()`` is inlined, and the loop's own selector is given the plain
-    method as its own attribute, so its later iterations do not pass through here at all."""
+    method as its own attribute, so its later iterations do not pass through here at all
+    (nor do its self-pipe's reads and writes, see ``_LoopSocket``)."""
 
     @functools.wraps(original)
     def guarded(selector: Any, timeout: float | None = None) -> Any:
@@ -296,6 +298,43 @@ def _bypass(selector: Any, original: Callable[..., Any], wrapper: Callable[..., 
         except AttributeError:  # a selector class with __slots__: it keeps using the wrapper
             return
         _bypassed[selector] = original
+        _bypass_self_pipe(asyncio.events._get_running_loop())
+
+
+class _LoopSocket(socket.socket):
+    """The class a loop's own self-pipe sockets take while the guard is armed.
+
+    asyncio writes a byte to its self-pipe at every hand-off from another thread (each
+    ``sync_to_async`` and ``to_thread`` result) and reads it back in two ``recv`` calls, the
+    second failing with ``BlockingIOError``: about 40 calls a request through a Python wrapper,
+    and an exception raised through it, for sockets that never block. The same layout as
+    ``socket.socket``, so it can take an instance's ``__class__``, and the plain methods.
+    """
+
+    __slots__ = ()
+    recv = socket.socket.recv
+    send = socket.socket.send
+
+
+# Self-pipe sockets given ``_LoopSocket``; handed back their class at disarm.
+_retyped: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _bypass_self_pipe(loop: Any) -> None:
+    """Only where our wrappers sit directly over the plain methods: one that someone else
+    patched in between stays in their path."""
+    for name in ("recv", "send"):
+        wrapper = vars(socket.socket).get(name)
+        if getattr(wrapper, "__wrapped__", None) is not getattr(_LoopSocket, name):
+            return
+    for sock in (getattr(loop, "_ssock", None), getattr(loop, "_csock", None)):
+        if type(sock) is socket.socket:
+            _retype(sock, _LoopSocket)
+            _retyped.add(sock)
+
+
+def _retype(sock: socket.socket, cls: type[socket.socket]) -> None:
+    sock.__class__ = cls
 
 
 def _end_bypasses() -> None:
@@ -305,6 +344,10 @@ def _end_bypasses() -> None:
             if getattr(own, "__func__", None) is original:
                 del selector.select
         _bypassed.clear()
+        for sock in list(_retyped):
+            if type(sock) is _LoopSocket:
+                _retype(sock, socket.socket)
+        _retyped.clear()
 
 
 def _call_watched(

@@ -1270,6 +1270,52 @@ def test_the_loops_own_selector_goes_around_the_guard_until_disarm(
     django_project.run().assert_outcomes(passed=1)
 
 
+def test_the_loops_self_pipe_goes_around_the_guard_until_disarm(
+    django_project: DjangoProject,
+) -> None:
+    """asyncio's self-pipe (written at every hand-off from another thread) gets the plain
+    socket methods with the loop's selector, and its class back at disarm; where someone else
+    patched ``recv`` under the guard, it stays in their path."""
+    django_project.tests(
+        """
+        import asyncio
+        import socket
+
+        from pytest_djasync import guard
+
+        def self_pipe_of_a_loop():
+            async def hand_off():
+                assert await asyncio.to_thread(sum, [1, 2]) == 3
+                loop = asyncio.get_running_loop()
+                return loop._ssock, loop._csock
+
+            return asyncio.run(hand_off())
+
+        def test_retyped_then_restored():
+            armed = guard.Guard({"select", "socket"})
+            armed.arm()
+            try:
+                pipe = self_pipe_of_a_loop()
+                assert {type(sock) for sock in pipe} == {guard._LoopSocket}
+            finally:
+                armed.disarm()
+            assert {type(sock) for sock in pipe} == {socket.socket}
+            assert "recv" not in vars(socket.socket)
+
+        def test_left_in_someone_elses_path(monkeypatch):
+            plain = socket.socket.recv
+            monkeypatch.setattr(socket.socket, "recv", lambda *args: plain(*args))
+            armed = guard.Guard({"select", "socket"})
+            armed.arm()
+            try:
+                assert {type(sock) for sock in self_pipe_of_a_loop()} == {socket.socket}
+            finally:
+                armed.disarm()
+        """
+    )
+    django_project.run().assert_outcomes(passed=2)
+
+
 def test_the_guard_patches_each_target_once_and_restores_it_exactly(
     django_project: DjangoProject,
 ) -> None:
