@@ -6,7 +6,9 @@ on the machine's load, so one run per configuration gives a ratio that repeats t
 decimal. It is a proxy: it weighs every instruction alike (a cache miss or a system call's
 kernel time counts for nothing). And it errs against djasync: under valgrind a run is about 40
 times slower, so the watchdog, which wakes by wall time, wakes about 40 times more often per
-test than in a normal run.
+test than in a normal run. String hashing is seeded the same in every run: with Python's
+random seed, the layout of dictionaries (and so the cost of their look-ups) changes from run to
+run by a few tenths of a percent.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def count(root: Path, config: str) -> dict[str, Any]:
     done = subprocess.run(
         command,
         cwd=root,
-        env=pytestrun.environment(env),
+        env=pytestrun.environment({**env, "PYTHONHASHSEED": "0"}),
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

@@ -12,8 +12,8 @@ not. Each figure is the median of R interleaved rounds, and the paired ratio the
 each watched round over the unwatched round before it.
 
 It also counts, per request, what the detectors wrap: loop steps (``Handle._run``), calls
-through the guard's wrappers and sync/async crossings. Their sum, times a Python function
-call's cost, is most of what a request pays.
+that run one of the guard's wrappers and sync/async crossings. Their sum, times a Python
+function call's cost, is most of what a request pays.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,22 +82,18 @@ def _round(tests: int, watch: Any) -> float:
 
 
 def _counts(tests: int) -> dict[str, float]:
-    """Per request: loop steps, calls through the guard's wrappers, crossings (one watched
-    round, untimed, with a counter around each wrapper)."""
+    """Per request: loop steps, calls that ran one of the guard's wrappers (in the loop's
+    thread: a profile hook sees its own thread only) and crossings; one watched round, untimed.
+    """
     from pytest_djasync import crossings, guard
     from pytest_djasync.session import Watch
 
     counts: collections.Counter[str] = collections.Counter()
-    wrap = guard._wrap
 
-    def counting_wrap(original: Callable[..., Any], target: guard.Target) -> Callable[..., Any]:
-        wrapped = wrap(original, target)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event == "call" and code.co_name == "guarded" and code.co_filename == guard.__file__:
             counts["guarded calls"] += 1
-            return wrapped(*args, **kwargs)
-
-        return call
 
     run = asyncio.Handle._run
 
@@ -107,17 +102,19 @@ def _counts(tests: int) -> dict[str, float]:
         run(handle)
 
     watch = Watch(100.0, GUARDS, [])
-    guard._wrap = counting_wrap
     asyncio.Handle._run = counting_run  # type: ignore[method-assign,assignment]
     try:
         watch.start()
         recorder = crossings.start(crossings.Recorder(explain=False))  # beside each test's own
-        _round(tests, watch)
+        sys.setprofile(profile)
+        try:
+            _round(tests, watch)
+        finally:
+            sys.setprofile(None)
         crossings.stop(recorder)
     finally:
         watch.stop()
         asyncio.Handle._run = run  # type: ignore[method-assign]
-        guard._wrap = wrap
     requests = tests * 4
     return {name: count / requests for name, count in counts.items()} | {
         "crossings": recorder.total / requests

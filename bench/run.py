@@ -25,6 +25,7 @@ from typing import Any
 import detection
 import instructions
 import overhead
+import pairs
 import profiling
 import report
 import soak
@@ -33,7 +34,8 @@ import suites
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 RESULTS = HERE / "results"
-PARTS = ("overhead", "instructions", "detection", "soak", "profile")
+PARTS = ("overhead", "pairs", "instructions", "detection", "soak", "profile")
+PAIR_CONFIGS = ("absent", "installed", "djasync")  # absent: the control pair
 PACKAGES = (
     "pytest",
     "pytest-asyncio",
@@ -56,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--full", action="store_true", help="also pyleak on the tiny suite (~2 min more)"
     )
     parser.add_argument("--repeat", type=int, help="repetitions of each overhead run (5)")
+    parser.add_argument(
+        "--pairs", type=int, help="concurrent pairs of each configuration against absent (15)"
+    )
     parser.add_argument("--rounds", type=int, help="runs of the detection suite per detector (2)")
     parser.add_argument("--soak-runs", type=int, help="runs of the clean suite in the soak (10)")
     parser.add_argument("--hogs", type=int, default=2, help="CPU-hog processes in the soak (2)")
@@ -67,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="parts not to run")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (2 if args.quick else 5)
+    args.pairs = args.pairs or (3 if args.quick else 15)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.soak_runs = args.soak_runs or (3 if args.quick else 10)
     if overhead.BASELINE not in args.configs:
@@ -127,7 +133,7 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "tree": _tree(),
         "load_start": _load(),
         "mode": f"{mode}: {args.repeat} repeats, {args.rounds} detection rounds,"
-        f" {args.soak_runs} soak runs with {args.hogs} hogs"
+        f" {args.pairs} concurrent pairs, {args.soak_runs} soak runs with {args.hogs} hogs"
         + (f"; skipped: {', '.join(args.skip)}" if args.skip else ""),
     }
 
@@ -160,6 +166,13 @@ def run_parts(args: argparse.Namespace, calibration: dict[str, int]) -> dict[str
         suites.requests_suite(roots["requests"], calibration)
         suites.tiny_suite(roots["tiny"], calibration)
         results["overhead"] = overhead.measure(roots, args.configs, args.repeat, args.full)
+    if "pairs" not in args.skip and pairs.available():
+        print("concurrent pairs:", file=sys.stderr)
+        roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
+        suites.requests_suite(roots["requests"], calibration)
+        suites.tiny_suite(roots["tiny"], calibration)
+        overhead.warm_up(roots, list(PAIR_CONFIGS))
+        results["pairs"] = pairs.measure(roots, PAIR_CONFIGS, args.pairs)
     if "instructions" not in args.skip and instructions.available():
         print("instructions (valgrind):", file=sys.stderr)
         roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
