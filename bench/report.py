@@ -159,9 +159,10 @@ def _targets(results: dict[str, Any]) -> str:
     lines = [
         "## Targets",
         "",
-        "Judged on the concurrent pairs when they ran: met when the whole 95% confidence"
-        " interval of the median wall-time ratio is within the target. Otherwise, and beside"
-        " it, on the ratio of the one-after-another runs' wall-time medians. `installed`"
+        "Judged on the concurrent pairs when they ran: *yes* when the whole 95% confidence"
+        " interval of the median wall-time ratio is within the target, *on the median only*"
+        " when the median is but the interval reaches past it. Otherwise, and beside it, on the"
+        " ratio of the one-after-another runs' wall-time medians. `installed`"
         " counts as about `absent` within 2%. The instruction ratio, when valgrind ran, is"
         " the steady figure beside them.",
         "",
@@ -177,9 +178,9 @@ def _targets(results: dict[str, Any]) -> str:
         if c is None and pair is None:
             continue
         if pair is not None:
-            met = pair["wall"]["ci95"][1] <= limit
+            met = _verdict(pair["wall"]["median"], pair["wall"]["ci95"][1], limit)
         else:
-            met = c is not None and c["ratio"] <= limit
+            met = _yes(c is not None and c["ratio"] <= limit)
         together = "not run" if pair is None else f"wall {_interval(pair['wall'])}"
         apart = (
             "not run"
@@ -190,7 +191,7 @@ def _targets(results: dict[str, Any]) -> str:
         steady = "not run" if ratio is None else f"{ratio:.3f}"
         lines.append(
             f"| `{config}` ≤ {limit:.2f}x `absent`, {suite} | {together} | {apart} | {steady}"
-            f" | {_yes(met)} |"
+            f" | {met} |"
         )
     soak = results.get("soak")
     if soak is not None:
@@ -198,6 +199,12 @@ def _targets(results: dict[str, Any]) -> str:
         measured = f"{soak['findings']} findings, {soak['failed_tests']} failed tests"
         lines.append(f"| 0 false positives in the soak | {measured} | | | {_yes(bad == 0)} |")
     return "\n".join(lines)
+
+
+def _verdict(median: float, upper: float, limit: float) -> str:
+    if upper <= limit:
+        return "yes"
+    return "on the median only" if median <= limit else "**no**"
 
 
 def _yes(met: bool) -> str:
