@@ -29,8 +29,6 @@ from typing import Any
 import overhead
 import pytestrun
 
-CONTROL = "absent"  # the control pair: absent against absent
-
 
 def available() -> bool:
     return (os.cpu_count() or 1) >= 2
