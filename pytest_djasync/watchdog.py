@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -113,10 +114,52 @@ _threshold_s = 0.1
 _local = threading.local()
 _steps: dict[int, _Step] = {}
 _original_run: Callable[[asyncio.Handle], None] = asyncio.Handle._run
+_function = types.FunctionType
+_method = types.MethodType
+
+
+def _inner(outer: Callable[..., Any], name: str) -> tuple[str, types.CodeType] | None:
+    """A function's closure ``name`` as (qualified name, code), or ``None`` if it has none."""
+    for const in outer.__code__.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name == name:
+            return f"{outer.__qualname__}.<locals>.{name}", const
+    return None
+
+
+def _named(function: Callable[..., Any]) -> tuple[str, types.CodeType]:
+    return function.__qualname__, function.__code__
+
+
+# asyncio's own callbacks that only hand results between futures, schedule callbacks or drain
+# the loop's self-pipe: nothing the application wrote can run inside them, so they cannot be
+# its stall or make its blocking call. In a Django request they are most of the loop's steps
+# (every sync_to_async hop adds a shield and a chained future's callbacks), so they run untimed.
+# Not here: _chain_future's _call_check_cancel, which cancels a concurrent future and so runs
+# that future's done-callbacks, whoever added them. Keyed by qualified name, a str whose hash is
+# cached, then checked by code identity: comparing code objects costs more than the step timer.
+_QUIET: dict[str, types.CodeType] = dict(
+    pair
+    for pair in (
+        _inner(asyncio.shield, "_inner_done_callback"),
+        _inner(asyncio.shield, "_outer_done_callback"),
+        _inner(asyncio.futures._chain_future, "_set_state"),  # type: ignore[attr-defined]
+        _inner(asyncio.gather, "_done_callback"),
+        _inner(asyncio.tasks._wait, "_on_completion"),  # type: ignore[attr-defined]
+        _named(asyncio.futures._set_result_unless_cancelled),  # type: ignore[attr-defined]
+        _named(asyncio.selector_events.BaseSelectorEventLoop._read_from_self),  # type: ignore[attr-defined]
+    )
+    if pair is not None
+)
 
 
 def _timed_run(self: asyncio.Handle) -> None:
     if not _enabled:
+        return _original_run(self)
+    callback = self._callback  # type: ignore[attr-defined]
+    kind = type(callback)
+    if (kind is _function or kind is _method) and _QUIET.get(
+        callback.__qualname__
+    ) is callback.__code__:
         return _original_run(self)
     try:
         step: _Step = _local.step

@@ -1035,6 +1035,55 @@ def test_loop_steps_read_cpu_clocks_only_where_the_watchdog_cannot(
     assert reads == 0 if clocks == "snapshots" else reads >= 1000
 
 
+def test_asyncios_own_hand_off_callbacks_run_untimed(django_project: DjangoProject) -> None:
+    """Every hand-off callback is found on this Python; they run without clock reads, while a
+    callback of the test's own, even one named like them, is timed."""
+    django_project.tests(
+        """
+        import asyncio
+        import threading
+
+        import pytest
+
+        from pytest_djasync import watchdog
+
+        def _set_result_unless_cancelled():  # asyncio's name, not asyncio's code
+            pass
+
+        @pytest.mark.asyncio
+        async def test_steps(monkeypatch):
+            reads = []
+            loop_thread = threading.get_ident()
+            original = watchdog._perf
+
+            def counting():
+                if threading.get_ident() == loop_thread:
+                    reads.append(1)
+                return original()
+
+            monkeypatch.setattr(watchdog, "_perf", counting)
+            loop = asyncio.get_running_loop()
+            for _ in range(100):  # a timer that wakes the task: asyncio's, then the task's step
+                await asyncio.sleep(0.0001)
+            sleeping = len(reads)
+            del reads[:]
+            for _ in range(100):  # the test's own callback, then the task's step
+                done = loop.create_future()
+                loop.call_soon(_set_result_unless_cancelled)
+                loop.call_soon(done.set_result, None)
+                await done
+            print(f"quiet: {len(watchdog._QUIET)} sleeping: {sleeping} own: {len(reads)}")
+        """
+    )
+    result = django_project.run("--djasync", "-s")
+    result.assert_outcomes(passed=1)
+    line = result.stdout.str().split("quiet: ")[1].split()
+    quiet, sleeping, own = int(line[0]), int(line[2]), int(line[4])
+    assert 200 <= sleeping < 300  # two reads for each task step, none for asyncio's wake-ups
+    assert own >= 600  # two reads for each of three steps: own callback, set_result, the task
+    assert quiet == 7
+
+
 @pytest.mark.skipif(
     not (sys.platform == "linux" and shutil.which("taskset")), reason="needs Linux and taskset"
 )
