@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 STALL = "stall"
 BLOCKING_CALL = "blocking-call"
@@ -28,8 +28,7 @@ SYNC_ONLY = "sync-only"  # Django raised SynchronousOnlyOperation
 _MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
 
 
-@dataclasses.dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     path: str  # absolute path of the source file
     line: int
     function: str  # qualified name where the interpreter knows it

@@ -6,7 +6,6 @@ every patch is undone exactly (see ``patching``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import importlib
 import socket
@@ -14,7 +13,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_djasync import findings, imports, patching, watchdog
 from pytest_djasync.findings import Finding
@@ -53,8 +52,7 @@ def _not_the_loops_selector(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bo
     return not _is_the_loops_selector(args[0])
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     group: str
     module: str  # the module that must be imported for the target to exist
     owner: str  # dotted path from the module to the object holding the attribute

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+from typing import NamedTuple
 
 import pytest
 
@@ -99,8 +99,7 @@ def fanout(item: pytest.Item) -> tuple[int, float | None] | None:
     return at_least, None if within is None else float(within)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Everything a test's markers ask of the plugin, read once per test."""
 
     block_ms: float

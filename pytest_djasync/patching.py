@@ -7,15 +7,13 @@ detector), theirs stays in place and ours stays behind it, inert once its owner 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 _MISSING = object()
 
 
-@dataclasses.dataclass
-class Patch:
+class Patch(NamedTuple):
     owner: Any
     attr: str
     original: Any  # _MISSING when the attribute was inherited rather than set on ``owner``

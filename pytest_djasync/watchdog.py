@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import gc
 import os
 import sys
@@ -31,7 +30,7 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_djasync import findings, heartbeat
 from pytest_djasync.findings import Finding, Stack
@@ -43,8 +42,7 @@ _MAX_SAMPLES = 200
 _DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Snapshot:
+class _Snapshot(NamedTuple):
     """Clocks of one loop thread and its neighbours at one moment."""
 
     t: float
