@@ -132,15 +132,17 @@ def _named(function: Callable[..., Any]) -> tuple[str, types.CodeType]:
 # the loop's self-pipe: nothing the application wrote can run inside them, so they cannot be
 # its stall or make its blocking call. In a Django request they are most of the loop's steps
 # (every sync_to_async hop adds a shield and a chained future's callbacks), so they run untimed.
-# Not here: _chain_future's _call_check_cancel, which cancels a concurrent future and so runs
-# that future's done-callbacks, whoever added them. Keyed by qualified name, a str whose hash is
-# cached, then checked by code identity: comparing code objects costs more than the step timer.
+# _chain_future's _call_check_cancel (one more step of every hop) is quiet only while the future
+# it watches was not cancelled: otherwise it cancels a concurrent future, which runs that future's
+# done-callbacks, whoever added them. Keyed by qualified name, a str whose hash is cached, then
+# checked by code identity: comparing code objects costs more than the step timer.
 _QUIET: dict[str, types.CodeType] = dict(
     pair
     for pair in (
         _inner(asyncio.shield, "_inner_done_callback"),
         _inner(asyncio.shield, "_outer_done_callback"),
         _inner(asyncio.futures._chain_future, "_set_state"),  # type: ignore[attr-defined]
+        _inner(asyncio.futures._chain_future, "_call_check_cancel"),  # type: ignore[attr-defined]
         _inner(asyncio.gather, "_done_callback"),
         _inner(asyncio.tasks._wait, "_on_completion"),  # type: ignore[attr-defined]
         _named(asyncio.futures._set_result_unless_cancelled),  # type: ignore[attr-defined]
@@ -148,6 +150,7 @@ _QUIET: dict[str, types.CodeType] = dict(
     )
     if pair is not None
 )
+_CANCEL_CHECK = _QUIET.get("_chain_future.<locals>._call_check_cancel")
 
 
 def _timed_run(self: asyncio.Handle) -> None:
@@ -155,10 +158,12 @@ def _timed_run(self: asyncio.Handle) -> None:
         return _original_run(self)
     callback = self._callback  # type: ignore[attr-defined]
     kind = type(callback)
-    if (kind is _function or kind is _method) and _QUIET.get(
-        callback.__qualname__
-    ) is callback.__code__:
-        return _original_run(self)
+    if kind is _function or kind is _method:
+        code = _QUIET.get(callback.__qualname__)
+        if code is callback.__code__ and (
+            code is not _CANCEL_CHECK or not self._args[0].cancelled()
+        ):
+            return _original_run(self)
     try:
         step: _Step = _local.step
     except AttributeError:

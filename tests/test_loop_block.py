@@ -1037,7 +1037,8 @@ def test_loop_steps_read_cpu_clocks_only_where_the_watchdog_cannot(
 
 def test_asyncios_own_hand_off_callbacks_run_untimed(django_project: DjangoProject) -> None:
     """Every hand-off callback is found on this Python; they run without clock reads, while a
-    callback of the test's own, even one named like them, is timed."""
+    callback of the test's own, even one named like them, is timed, and so is the check that
+    cancels a worker's future once the future awaiting it was cancelled."""
     django_project.tests(
         """
         import asyncio
@@ -1072,16 +1073,30 @@ def test_asyncios_own_hand_off_callbacks_run_untimed(django_project: DjangoProje
                 loop.call_soon(_set_result_unless_cancelled)
                 loop.call_soon(done.set_result, None)
                 await done
-            print(f"quiet: {len(watchdog._QUIET)} sleeping: {sleeping} own: {len(reads)}")
+            own = len(reads)
+            del reads[:]
+            for _ in range(100):  # a thread hop: asyncio's hand-back, then the task's step
+                await loop.run_in_executor(None, int)
+            hops = len(reads)
+            del reads[:]
+            for _ in range(100):  # a cancelled hop: cancelling the worker's future, timed
+                loop.run_in_executor(None, int).cancel()
+                await asyncio.sleep(0)
+            print(
+                f"quiet: {len(watchdog._QUIET)} sleeping: {sleeping} own: {own}"
+                f" hops: {hops} cancelled: {len(reads)}"
+            )
         """
     )
     result = django_project.run("--djasync", "-s")
     result.assert_outcomes(passed=1)
     line = result.stdout.str().split("quiet: ")[1].split()
-    quiet, sleeping, own = int(line[0]), int(line[2]), int(line[4])
+    quiet, sleeping, own, hops, cancelled = (int(n) for n in line[0:10:2])
     assert 200 <= sleeping < 300  # two reads for each task step, none for asyncio's wake-ups
     assert own >= 600  # two reads for each of three steps: own callback, set_result, the task
-    assert quiet == 7
+    assert 200 <= hops < 300  # the task's steps only
+    assert cancelled >= 400  # the cancel check's step and the task's
+    assert quiet == 8
 
 
 @pytest.mark.skipif(
