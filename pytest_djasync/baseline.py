@@ -7,7 +7,7 @@ reviews well in a diff.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,14 @@ class Baseline:
     def knows(self, finding_key: Key) -> bool:
         return finding_key in self.keys
 
-    def stale(self, seen: Iterable[Key]) -> list[Key]:
-        """Known findings that no longer occur: the baseline can shrink by these."""
-        return sorted(self.keys - set(seen))
+    def stale(self, seen: Iterable[Key], ran: Collection[str]) -> list[Key]:
+        """Known findings of the tests that ``ran`` that no longer occur: the baseline can
+        shrink by these."""
+        return sorted(k for k in self.keys - set(seen) if k[0] in ran)
+
+    def not_run(self, ran: Collection[str]) -> int:
+        """How many known findings belong to tests that did not run (deselected, or gone)."""
+        return sum(k[0] not in ran for k in self.keys)
 
 
 def write(path: Path, keys: Iterable[Key]) -> None:

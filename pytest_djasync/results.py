@@ -25,6 +25,10 @@ class Results:
         """Tests that finished (a teardown report each), entry or not."""
         return len(self._entries)
 
+    def nodeids(self) -> set[str]:
+        """The tests that finished."""
+        return set(self._entries)
+
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""
         if outcome != "passed":

@@ -247,7 +247,7 @@ class WatchHooks:
         costly = report.costliest_requests(entries)
         if costly:
             lines += ["costliest requests by sync/async crossings:", *costly]
-        lines += [f"known finding no longer seen: {k}" for k in self._stale()]
+        lines += self._stale()
         lines += [f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched()]
         errors = findings.take_internal_errors()
         if not (lines or errors):
@@ -260,9 +260,20 @@ class WatchHooks:
         terminalreporter.write_line(report.totals_line(entries, tests))
 
     def _stale(self) -> list[str]:
+        """Known findings gone from the tests that ran; those of the tests that did not (a
+        partial run, or a test since removed) are counted, not listed as gone."""
         if self.settings.baseline_write or not self.known.keys:
             return []
-        return ["\t".join(k) for k in self.known.stale(self.results.keys(failing_only=False))]
+        ran = self.results.nodeids()
+        gone = self.known.stale(self.results.keys(failing_only=False), ran)
+        lines = ["known finding no longer seen: " + "\t".join(k) for k in gone]
+        not_run = self.known.not_run(ran)
+        if not_run:
+            lines.append(
+                f"{not_run} known finding(s) of tests that did not run: not selected, or removed"
+                " (then delete their lines)"
+            )
+        return lines
 
     def _unmatched(self) -> list[str]:
         return self.watch.unmatched_patterns() if self.enabled else []

@@ -93,6 +93,27 @@ def test_baseline_round_trip(django_project: DjangoProject) -> None:
     )
 
 
+def test_a_partial_run_lists_as_gone_only_the_known_findings_of_tests_it_ran(
+    django_project: DjangoProject,
+) -> None:
+    """A ``-k`` run is no evidence that the other tests' known problems were fixed."""
+    django_project.tests(SUITE)
+    django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    django_project.tests(FIXED)
+    partial = django_project.run("--djasync", "--djasync-baseline=b.txt", "-k", "test_old")
+    partial.assert_outcomes(passed=1)
+    partial.stdout.fnmatch_lines(
+        [
+            "known finding no longer seen: test_scenario.py::test_old_problem\t*",
+            "1 known finding(s) of tests that did not run: not selected, or removed*",
+        ]
+    )
+    partial.stdout.no_fnmatch_line("*no longer seen: test_scenario.py::test_other_old_problem*")
+    whole = django_project.run("--djasync", "--djasync-baseline=b.txt")
+    whole.assert_outcomes(passed=3)
+    whole.stdout.no_fnmatch_line("*tests that did not run*")
+
+
 def test_baseline_survives_unrelated_edits(django_project: DjangoProject) -> None:
     django_project.tests(SUITE)
     django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
