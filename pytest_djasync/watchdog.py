@@ -136,13 +136,14 @@ def _named(function: Callable[..., Any]) -> tuple[str, types.CodeType]:
 # it watches was not cancelled: otherwise it cancels a concurrent future, which runs that future's
 # done-callbacks, whoever added them. Keyed by qualified name, a str whose hash is cached, then
 # checked by code identity: comparing code objects costs more than the step timer.
+_cancel_check = _inner(asyncio.futures._chain_future, "_call_check_cancel")  # type: ignore[attr-defined]
 _QUIET: dict[str, types.CodeType] = dict(
     pair
     for pair in (
         _inner(asyncio.shield, "_inner_done_callback"),
         _inner(asyncio.shield, "_outer_done_callback"),
         _inner(asyncio.futures._chain_future, "_set_state"),  # type: ignore[attr-defined]
-        _inner(asyncio.futures._chain_future, "_call_check_cancel"),  # type: ignore[attr-defined]
+        _cancel_check,
         _inner(asyncio.gather, "_done_callback"),
         _inner(asyncio.tasks._wait, "_on_completion"),  # type: ignore[attr-defined]
         _named(asyncio.futures._set_result_unless_cancelled),  # type: ignore[attr-defined]
@@ -150,7 +151,7 @@ _QUIET: dict[str, types.CodeType] = dict(
     )
     if pair is not None
 )
-_CANCEL_CHECK = _QUIET.get("_chain_future.<locals>._call_check_cancel")
+_CANCEL_CHECK = _cancel_check[1] if _cancel_check is not None else None
 
 
 def _timed_run(self: asyncio.Handle) -> None:
