@@ -65,6 +65,20 @@ class Baseline:
         """How many known findings belong to tests that did not run (deselected, or gone)."""
         return sum(k[0] not in ran for k in self.keys)
 
+    def kept(self, ran: Collection[str], root: Path) -> tuple[list[Key], int]:
+        """What a writing run keeps of this file: the known findings of the tests it did not
+        run, whose test file still exists under ``root``; and how many it drops (their file is
+        gone). A ``-k`` run can be no evidence about the tests it deselected."""
+        unrun = [k for k in self.keys if k[0] not in ran]
+        present = {f for f in {_test_file(k[0]) for k in unrun} if (root / f).is_file()}
+        kept = sorted(k for k in unrun if _test_file(k[0]) in present)
+        return kept, len(unrun) - len(kept)
+
+
+def _test_file(nodeid: str) -> str:
+    """The file part of a node id, relative to the rootdir: ``tests/test_a.py::test_b[x]``."""
+    return nodeid.split("::", 1)[0]
+
 
 def write(path: Path, keys: Iterable[Key]) -> None:
     """Write the baseline atomically, sorted, one finding per line."""

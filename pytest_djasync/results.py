@@ -25,9 +25,15 @@ class Results:
         """Tests that finished (a teardown report each), entry or not."""
         return len(self._entries)
 
-    def nodeids(self) -> set[str]:
-        """The tests that finished."""
-        return set(self._entries)
+    def ran(self) -> set[str]:
+        """The tests that finished and were not skipped: what a baseline can judge. (An xfailed
+        test reads as skipped too; with findings, it plainly ran.)"""
+        skipped = self._outcomes
+        return {
+            nodeid
+            for nodeid, entry in self._entries.items()
+            if entry is not None or skipped.get(nodeid) != "skipped"
+        }
 
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""

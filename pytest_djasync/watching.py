@@ -37,12 +37,16 @@ DB_PLUGIN = "djasync-db-thread"
 
 def _load_baseline(settings: _config.Settings, root: Path) -> baseline.Baseline:
     path = settings.baseline.value
-    if path is None or settings.baseline_write:
+    if path is None:
         return baseline.Baseline()
     try:
         return baseline.Baseline.load(root / path)
     except (OSError, ValueError) as exc:
-        raise pytest.UsageError(f"pytest-djasync: {settings.baseline.source}: {exc}") from None
+        # A rewrite keeps the old entries of the tests it does not run, so it reads them too.
+        hint = " (delete the file to write a new one)" if settings.baseline_write else ""
+        raise pytest.UsageError(
+            f"pytest-djasync: {settings.baseline.source}: {exc}{hint}"
+        ) from None
 
 
 class _Running(NamedTuple):
@@ -62,7 +66,10 @@ class WatchHooks:
         self.enabled = settings.enabled.value
         self.root = Path(config.rootpath)
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
-        self.known = _load_baseline(settings, self.root)
+        self.recorded = _load_baseline(settings, self.root)
+        # A writing run judges without the old file, so its findings still fail; it keeps
+        # only the old entries of the tests it did not run.
+        self.known = baseline.Baseline() if settings.baseline_write else self.recorded
         self.judge = Judge(self.watch, self.root, self.known)
         self.results = Results()
         self._outgoing: dict[str, report.Entry] = {}  # entries waiting for their teardown report
@@ -70,6 +77,7 @@ class WatchHooks:
         self._detailed = settings.report.value is not None
         self._junit = bool(getattr(config.option, "xmlpath", None))
         self._running: _Running | None = None
+        self._baseline_lines: list[str] = []  # what the writing run kept of the old file
 
     def _watched(self, item: pytest.Item) -> _Running | None:
         running = self._running
@@ -226,16 +234,19 @@ class WatchHooks:
             if self.settings.report.value is not None:
                 data = report.report_json(self._entries(), self.watch.block_ms)
                 report.write_atomically(self.root / self.settings.report.value, data)
-            # A baseline from part of a run would drop the known findings of the rest.
-            if (
-                self.settings.baseline_write
-                and self.settings.baseline.value is not None
-                and not partial
-            ):
-                path = self.root / self.settings.baseline.value  # like the report: from rootdir
-                baseline.write(path, self.results.keys(failing_only=True))
+            path = self.settings.baseline.value
+            if self.settings.baseline_write and path is not None:
+                self._write_baseline(self.root / path, partial)  # like the report: from rootdir
         except OSError as exc:
             findings.internal_error("writing the report files", exc)
+
+    def _write_baseline(self, path: Path, partial: bool) -> None:
+        if partial:  # its last test may not have finished: those findings are not whole
+            self._baseline_lines = [f"baseline not rewritten: the run stopped early ({path})"]
+            return
+        kept, dropped = self.recorded.kept(self.results.ran(), self.root)
+        baseline.write(path, self.results.keys(failing_only=True).union(kept))
+        self._baseline_lines = _kept_lines(kept, dropped)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._controller:
@@ -262,21 +273,35 @@ class WatchHooks:
     def _stale(self) -> list[str]:
         """Known findings gone from the tests that ran; those of the tests that did not (a
         partial run, or a test since removed) are counted, not listed as gone."""
-        if self.settings.baseline_write or not self.known.keys:
+        if self.settings.baseline_write:
+            return self._baseline_lines
+        if not self.known.keys:
             return []
-        ran = self.results.nodeids()
+        ran = self.results.ran()
         gone = self.known.stale(self.results.keys(failing_only=False), ran)
         lines = ["known finding no longer seen: " + "\t".join(k) for k in gone]
         not_run = self.known.not_run(ran)
         if not_run:
             lines.append(
-                f"{not_run} known finding(s) of tests that did not run: not selected, or removed"
-                " (then delete their lines)"
+                f"{not_run} known finding(s) of tests that did not run: deselected, skipped or"
+                " removed (then delete their lines)"
             )
         return lines
 
     def _unmatched(self) -> list[str]:
         return self.watch.unmatched_patterns() if self.enabled else []
+
+
+def _kept_lines(kept: list[baseline.Key], dropped: int) -> list[str]:
+    lines = []
+    if kept:
+        lines.append(
+            f"baseline: kept {len(kept)} known finding(s) of tests that did not run:"
+            " deselected, skipped or removed (then delete their lines)"
+        )
+    if dropped:
+        lines.append(f"baseline: dropped {dropped} known finding(s) of test files that are gone")
+    return lines
 
 
 class DatabaseSharing:

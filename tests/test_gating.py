@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,13 +106,48 @@ def test_a_partial_run_lists_as_gone_only_the_known_findings_of_tests_it_ran(
     partial.stdout.fnmatch_lines(
         [
             "known finding no longer seen: test_scenario.py::test_old_problem\t*",
-            "1 known finding(s) of tests that did not run: not selected, or removed*",
+            "1 known finding(s) of tests that did not run: deselected, skipped or removed*",
         ]
     )
     partial.stdout.no_fnmatch_line("*no longer seen: test_scenario.py::test_other_old_problem*")
     whole = django_project.run("--djasync", "--djasync-baseline=b.txt")
     whole.assert_outcomes(passed=3)
     whole.stdout.no_fnmatch_line("*tests that did not run*")
+
+
+def test_a_partial_writing_run_keeps_the_entries_of_the_tests_it_did_not_run(
+    django_project: DjangoProject,
+) -> None:
+    """Rewriting from a ``-k`` run (or with a test skipped) changes only the tests that ran;
+    entries of a test file that no longer exists are dropped."""
+    django_project.tests(SUITE)
+    write = ("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    django_project.run(*write)
+    path = django_project.path / "b.txt"
+    gone = "test_gone.py::test_x\tblocking-call\ttest_gone.py:test_x\ttime.sleep\n"
+    path.write_text(path.read_text() + gone)
+    django_project.tests(FIXED + NEW_PROBLEM)
+
+    partial = django_project.run(*write, "-k", "test_old or test_new")
+    partial.assert_outcomes(passed=1, failed=1)
+    partial.stdout.fnmatch_lines(
+        [
+            "baseline: kept 1 known finding(s) of tests that did not run: deselected, skipped*",
+            "baseline: dropped 1 known finding(s) of test files that are gone",
+        ]
+    )
+    assert _baseline_tests(path) == ["test_new_problem", "test_other_old_problem"]
+
+    skip = "@pytest.mark.skip\nasync def test_other"
+    django_project.tests((FIXED + NEW_PROBLEM).replace("async def test_other", skip))
+    skipped = django_project.run(*write)
+    skipped.assert_outcomes(passed=2, failed=1, skipped=1)
+    assert _baseline_tests(path) == ["test_new_problem", "test_other_old_problem"]
+
+
+def _baseline_tests(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return [line.split("\t")[0].split("::")[1] for line in lines if not line.startswith("#")]
 
 
 def test_baseline_survives_unrelated_edits(django_project: DjangoProject) -> None:
@@ -127,6 +163,13 @@ def test_malformed_baseline_is_a_usage_error(django_project: DjangoProject) -> N
     result = django_project.run("--djasync", "--djasync-baseline=b.txt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--djasync-baseline: */b.txt:1: expected 4 tab-separated*"])
+    rewrite = django_project.run(
+        "--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write"
+    )
+    assert rewrite.ret == pytest.ExitCode.USAGE_ERROR  # it would keep the entries it can't read
+    rewrite.stderr.fnmatch_lines(
+        ["*expected 4 tab-separated*(delete the file to write a new one)"]
+    )
 
 
 def test_baseline_write_needs_a_path(django_project: DjangoProject) -> None:
@@ -224,8 +267,9 @@ def test_a_stopped_run_does_not_rewrite_the_baseline(django_project: DjangoProje
     )
     django_project.run(*args)
     before = (django_project.path / "b.txt").read_text()
-    django_project.run(*args, "-x")  # stops at the first failure: only part of the suite ran
+    stopped = django_project.run(*args, "-x")  # stops at the first failure, perhaps mid-test
     assert (django_project.path / "b.txt").read_text() == before
+    stopped.stdout.fnmatch_lines(["baseline not rewritten: the run stopped early (*b.txt)"])
 
 
 def test_an_internal_fault_is_reported_and_changes_no_outcome(
