@@ -131,6 +131,12 @@ TARGETS: tuple[Target, ...] = (
         "http.client.HTTPConnection.getresponse",
     ),
     Target("http", "httpx", "Client", "send", "httpx.Client.send"),
+    # httpx.get() and the others build a Client per call, and its SSL context alone is tens of
+    # milliseconds of CPU: guarded whole, the call is one finding, not a send and a stall.
+    *(
+        Target("http", "httpx", "", name, f"httpx.{name}")
+        for name in ("request", "get", "options", "head", "post", "put", "patch", "delete")
+    ),
     Target("file", "builtins", "", "open", "open"),
     Target("file", "io", "", "open", "io.open"),
     # Python 3.10's pathlib took its own reference to io.open at import time.

@@ -533,6 +533,13 @@ def stall_fix(stack: Stack) -> str:
             "use the async ORM (aget, acount, async for) or run the query block in"
             " sync_to_async(...)"
         )
+    ssl = any(p.endswith("/ssl.py") for p in paths)
+    if ssl or any(f.function == "create_ssl_context" for f in stack):  # a client made per call
+        return (
+            "build the SSL context once, at import (TLS = httpx.create_ssl_context()), and"
+            " pass it (httpx.AsyncClient(verify=TLS)), or share one client: loading CA"
+            " certificates is CPU work"
+        )
     return (
         "move the blocking or CPU-heavy work off the loop: await asyncio.to_thread(func, ...)"
         " or sync_to_async(func, thread_sensitive=False)(...); heavy CPU work belongs in a"

@@ -31,6 +31,8 @@ import httpx
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 
+TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
 
 def _urls(request, count=3):
     base = request.GET.get("base", "https://api.test/")
@@ -38,20 +40,20 @@ def _urls(request, count=3):
 
 
 async def gathered(request):
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         await asyncio.gather(*(client.get(url) for url in _urls(request)))
     return HttpResponse("ok")
 
 
 async def sequential(request):
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         for url in _urls(request):
             await client.get(url)
     return HttpResponse("ok")
 
 
 async def task_group(request):
-    async with httpx.AsyncClient() as client, asyncio.TaskGroup() as group:
+    async with httpx.AsyncClient(verify=TLS) as client, asyncio.TaskGroup() as group:
         for url in _urls(request):
             group.create_task(client.get(url))
     return HttpResponse("ok")
@@ -64,7 +66,7 @@ async def limited(request):
         async with limit:
             await client.get(url)
 
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         await asyncio.gather(*(fetch(client, url) for url in _urls(request, count=4)))
     return HttpResponse("ok")
 
@@ -339,9 +341,11 @@ def test_the_fixture_records_calls_in_a_test_body(project: DjangoProject) -> Non
         import httpx
         import pytest
 
+        TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
         @pytest.mark.asyncio
         async def test_fixture(api, djasync_fanout):
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=TLS) as client:
                 await asyncio.gather(*(client.get(f"https://api.test/{n}") for n in "abc"))
             assert sorted((c.method, c.url) for c in djasync_fanout.calls) == [
                 ("GET", "api.test/a"), ("GET", "api.test/b"), ("GET", "api.test/c")
@@ -352,7 +356,7 @@ def test_the_fixture_records_calls_in_a_test_body(project: DjangoProject) -> Non
 
         @pytest.mark.asyncio
         async def test_fixture_failing(api, djasync_fanout):
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=TLS) as client:
                 for n in "abc":
                     await client.get(f"https://api.test/{n}")
             with pytest.raises(AssertionError, match="peak 1 in flight") as failure:
@@ -432,6 +436,8 @@ def test_latency_answers_sync_clients_in_threads_and_async_clients(
 
         from pytest_djasync import latency
 
+        TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
         URL = "https://api.test/items/7"
 
         @pytest.fixture
@@ -454,7 +460,7 @@ def test_latency_answers_sync_clients_in_threads_and_async_clients(
 
         @pytest.mark.asyncio
         async def test_async_client(items, djasync_fanout):
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=TLS) as client:
                 response = await client.get(URL)
             assert (response.status_code, response.json()) == (201, {"id": 7})
             [call] = djasync_fanout.calls

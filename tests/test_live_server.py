@@ -101,6 +101,8 @@ def test_get_and_post_with_sync_and_async_httpx_clients(project: DjangoProject) 
         import httpx
         import pytest
 
+        TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
         def test_sync_client(live_asgi_server):
             assert live_asgi_server.url.startswith("http://127.0.0.1:")
             with httpx.Client(base_url=live_asgi_server.url) as client:
@@ -112,7 +114,7 @@ def test_get_and_post_with_sync_and_async_httpx_clients(project: DjangoProject) 
 
         @pytest.mark.asyncio
         async def test_async_client(live_asgi_server):
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=TLS) as client:
                 response = await client.get(live_asgi_server + "/hello/")
                 assert response.text == "hello async"
                 assert response.headers["server"] == "uvicorn"
@@ -166,6 +168,8 @@ BLOCKING_TESTS = """
 import httpx
 import pytest
 
+TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
 
 def test_1_sleeps(live_asgi_server):
     assert httpx.get(live_asgi_server + "/sleeps/").text == "slept"
@@ -173,7 +177,7 @@ def test_1_sleeps(live_asgi_server):
 
 @pytest.mark.asyncio
 async def test_2_spins(live_asgi_server):
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         assert (await client.get(live_asgi_server + "/spins/")).text == "spun"
 
 
@@ -238,6 +242,8 @@ import pytest
 
 from tproj.models import Item
 
+TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
 
 @pytest.fixture
 def seeded(db):
@@ -252,7 +258,7 @@ def test_1_sync_test_sees_its_rows(live_asgi_server, seeded, view):
 
 @pytest.mark.asyncio
 async def test_2_async_test_sees_its_rows(live_asgi_server, seeded):
-    async with httpx.AsyncClient(base_url=live_asgi_server.url) as client:
+    async with httpx.AsyncClient(verify=TLS, base_url=live_asgi_server.url) as client:
         assert (await client.get("/names/")).json() == {"names": ["seed"]}
         await Item.objects.acreate(name="more")
         assert (await client.get("/names_sync/")).json() == {"names": ["more", "seed"]}
@@ -280,12 +286,15 @@ def test_a_few_hundred_concurrent_requests(project: DjangoProject) -> None:
         import httpx
         import pytest
 
+        TLS = httpx.create_ssl_context()  # built once: loading CA certificates takes tens of ms
+
         @pytest.mark.asyncio
         async def test_load(live_asgi_server):
             gate = asyncio.Semaphore(50)
             limits = httpx.Limits(max_connections=50)
 
-            async with httpx.AsyncClient(base_url=live_asgi_server.url, limits=limits) as client:
+            url = live_asgi_server.url
+            async with httpx.AsyncClient(verify=TLS, base_url=url, limits=limits) as client:
 
                 async def one(n):
                     async with gate:

@@ -152,6 +152,11 @@ async def with_httpx_client(request):
     return _ok()
 
 
+async def with_httpx_get(request):
+    httpx.get(request.GET["url"], timeout=5)
+    return _ok()
+
+
 async def with_http_client(request):
     url = urllib.parse.urlsplit(request.GET["url"])
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
@@ -166,7 +171,8 @@ import pytest
 
 CASES = [
     "sleeps", "socket_pair", "socket_send_recv", "dns", "selects", "a_selector", "subprocess_run",
-    "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_http_client",
+    "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_httpx_get",
+    "with_http_client",
 ]
 
 
@@ -190,6 +196,7 @@ EXPECTED_CALLS = {
     "with_urllib3": ("urllib3.HTTPConnectionPool.urlopen", "urllib3.PoolManager()"),
     "with_urllib": ("urllib.request.urlopen", "urllib.request.urlopen("),
     "with_httpx_client": ("httpx.Client.send", "client.get("),
+    "with_httpx_get": ("httpx.get", "httpx.get("),
     "with_http_client": ("http.client.HTTPConnection.request", 'connection.request("GET", "/")'),
 }
 
@@ -214,14 +221,20 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
     assert recv["location"]["line"] == line_of(BLOCKING_VIEWS, "right.recv(1, 0)")
 
 
-def test_nested_blocking_calls_are_reported_once(django_project: DjangoProject) -> None:
-    """requests -> urllib3 -> http.client -> socket: one finding, for the outermost call."""
+@pytest.mark.parametrize(
+    ("view", "call"), [("with_requests", "requests.Session.send"), ("with_httpx_get", "httpx.get")]
+)
+def test_nested_blocking_calls_are_reported_once(
+    django_project: DjangoProject, view: str, call: str
+) -> None:
+    """requests -> urllib3 -> http.client -> socket: one finding, for the outermost call. So is
+    httpx.get(), whose client (and its SSL context, tens of ms of CPU) is built inside it."""
     django_project.views(BLOCKING_VIEWS)
     django_project.module("conftest.py", UPSTREAM)
     django_project.tests(BLOCKING_TESTS)
-    _, report = django_project.report("-k", "with_requests")
-    [only] = violations(report, "test_view[with_requests]")
-    assert only["message"].startswith("blocking call requests.Session.send()")
+    _, report = django_project.report("-k", view)
+    [only] = violations(report, f"test_view[{view}]")
+    assert only["message"].startswith(f"blocking call {call}()")
 
 
 STALL_VIEWS = """
@@ -303,6 +316,44 @@ def test_stalls_are_caught_with_the_line_that_ran_during_the_stall(
     out = result.stdout.str()
     assert "event loop blocked for" in out
     assert "use the async ORM" not in out  # a raw sqlite3 call is not the ORM's fault
+
+
+def test_a_client_built_per_request_stalls_with_a_fix_that_says_why(
+    django_project: DjangoProject,
+) -> None:
+    """Each httpx client loads the CA certificates unless given an SSL context: CPU work on the
+    loop that users do not see in their code."""
+    django_project.views(
+        """
+        import time
+
+        import httpx
+        from django.http import HttpResponse
+
+
+        async def per_request(request):
+            deadline = time.thread_time() + 0.5  # CPU time: what the loop itself spent
+            while time.thread_time() < deadline:
+                httpx.AsyncClient(timeout=5)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+
+        @pytest.mark.asyncio
+        async def test_view(asgi_client):
+            assert (await asgi_client.get("/per_request/")).status_code == 200
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(failed=1)
+    [stall] = violations(report, "test_view")
+    assert stall["kind"] == "stall"
+    assert stall["location"]["function"] == "per_request"
+    assert stall["fix"].startswith("build the SSL context once, at import"), stall["fix"]
 
 
 def test_failure_lists_every_finding_with_source_request_and_fix(
