@@ -282,23 +282,23 @@ class WatchHooks:
         lines = ["known finding no longer seen: " + "\t".join(k) for k in gone]
         not_run = self.known.not_run(ran)
         if not_run:
-            lines.append(
-                f"{not_run} known finding(s) of tests that did not run: deselected, skipped or"
-                " removed (then delete their lines)"
-            )
+            lines.append(f"{not_run} {_NOT_RUN}")
         return lines
 
     def _unmatched(self) -> list[str]:
         return self.watch.unmatched_patterns() if self.enabled else []
 
 
+_NOT_RUN = (
+    "known finding(s) of tests that did not run: deselected, skipped or removed"
+    " (then delete their lines)"
+)
+
+
 def _kept_lines(kept: list[baseline.Key], dropped: int) -> list[str]:
     lines = []
     if kept:
-        lines.append(
-            f"baseline: kept {len(kept)} known finding(s) of tests that did not run:"
-            " deselected, skipped or removed (then delete their lines)"
-        )
+        lines.append(f"baseline: kept {len(kept)} {_NOT_RUN}")
     if dropped:
         lines.append(f"baseline: dropped {dropped} known finding(s) of test files that are gone")
     return lines
