@@ -28,11 +28,11 @@ class Results:
     def ran(self) -> set[str]:
         """The tests that finished and were not skipped: what a baseline can judge. (An xfailed
         test reads as skipped too; with findings, it plainly ran.)"""
-        skipped = self._outcomes
+        outcomes = self._outcomes
         return {
             nodeid
             for nodeid, entry in self._entries.items()
-            if entry is not None or skipped.get(nodeid) != "skipped"
+            if entry is not None or outcomes.get(nodeid) != "skipped"
         }
 
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:

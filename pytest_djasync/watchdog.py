@@ -533,8 +533,9 @@ def stall_fix(stack: Stack) -> str:
             "use the async ORM (aget, acount, async for) or run the query block in"
             " sync_to_async(...)"
         )
-    ssl = any(p.endswith("/ssl.py") for p in paths)
-    if ssl or any(f.function == "create_ssl_context" for f in stack):  # a client made per call
+    if any(p.endswith("/ssl.py") for p in paths) or any(
+        f.function == "create_ssl_context" for f in stack
+    ):  # a client made per call loads the CA certificates each time
         return (
             "build the SSL context once, at import (TLS = httpx.create_ssl_context()), and"
             " pass it (httpx.AsyncClient(verify=TLS)), or share one client: loading CA"
