@@ -74,6 +74,7 @@ class WatchHooks:
         self.results = Results()
         self._outgoing: dict[str, report.Entry] = {}  # entries waiting for their teardown report
         self._controller = not hasattr(config, "workerinput")  # pytest-xdist workers report up
+        self._worker_errors: list[str] = []  # the controller's collection of the workers' faults
         self._detailed = settings.report.value is not None
         self._junit = bool(getattr(config.option, "xmlpath", None))
         self._running: _Running | None = None
@@ -211,11 +212,19 @@ class WatchHooks:
                 setattr(report, ATTRIBUTE, entry)
         if self._controller:
             self.results.add(nodeid, when, report.outcome, getattr(report, ATTRIBUTE, None))
+            self._worker_errors += getattr(report, INTERNAL_ERRORS, ())
+        else:  # sent up with the report, so a worker that dies later loses none of them
+            _send_internal_errors(self.config, report.__dict__)
+
+    @pytest.hookimpl(optionalhook=True)  # pytest-xdist's: a worker has finished
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        self._worker_errors += getattr(node, "workeroutput", {}).get(INTERNAL_ERRORS, ())
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         records = self.watch.unreported_records()
         self.watch.stop()
         if not self._controller:
+            _send_internal_errors(self.config, self.config.workeroutput)  # type: ignore[attr-defined]
             return
         for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
             self.results.add_unfinished(report.test_entry(record, self.root, self._detailed))
@@ -260,7 +269,7 @@ class WatchHooks:
             lines += ["costliest requests by sync/async crossings:", *costly]
         lines += self._stale()
         lines += [f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched()]
-        errors = findings.take_internal_errors()
+        errors = [*self._worker_errors, *findings.take_internal_errors()]
         if not (lines or errors):
             return
         terminalreporter.write_sep("=", "djasync summary")
@@ -287,6 +296,17 @@ class WatchHooks:
 
     def _unmatched(self) -> list[str]:
         return self.watch.unmatched_patterns() if self.enabled else []
+
+
+INTERNAL_ERRORS = "djasync_internal_errors"  # a worker's faults, on a report or its workeroutput
+
+
+def _send_internal_errors(config: pytest.Config, carrier: dict[str, object]) -> None:
+    """Put a pytest-xdist worker's internal errors so far where the controller reads them."""
+    errors = findings.take_internal_errors()
+    if errors:
+        worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+        carrier[INTERNAL_ERRORS] = [f"[{worker}] {error}" for error in errors]
 
 
 _NOT_RUN = (

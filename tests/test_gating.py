@@ -272,24 +272,42 @@ def test_a_stopped_run_does_not_rewrite_the_baseline(django_project: DjangoProje
     stopped.stdout.fnmatch_lines(["baseline not rewritten: the run stopped early (*b.txt)"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_an_internal_fault_is_reported_and_changes_no_outcome(
-    django_project: DjangoProject,
+    django_project: DjangoProject, workers: list[str]
 ) -> None:
+    """Under pytest-xdist the faults happen in the workers: the controller prints them, those
+    after a worker's last test included."""
+    if workers:
+        pytest.importorskip("xdist")
     django_project.module(
         "conftest.py",
         """
+        import pytest
         import pytest_djasync.report
+        from pytest_djasync import findings
 
         def _broken(*args, **kwargs):
             raise RuntimeError("boom")
 
         pytest_djasync.report.failure_text = _broken
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish():
+            findings.internal_error("finishing", RuntimeError("late"))
         """,
     )
     django_project.tests(SUITE)
-    result, report = django_project.report()
+    result, report = django_project.report(*workers, "-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*pytest-djasync internal error while judging*boom*"])
+    worker = "[[]gw?[]] " if workers else ""
+    errors = [line for line in result.outlines if "internal error" in line]
+    # two tests judged, then a late fault in every process: one, or two workers and the controller
+    assert len(errors) == (5 if workers else 3), errors
+    result.stdout.fnmatch_lines(
+        [f"{worker}pytest-djasync internal error while judging*boom*"], consecutive=False
+    )
+    result.stdout.fnmatch_lines([f"{worker}pytest-djasync internal error while finishing*late*"])
     assert len(violations(report, "test_old_problem")) == 1
 
 
