@@ -47,6 +47,9 @@ def measure(suites: Mapping[str, Path], configs: Sequence[str], pairs: int) -> d
     return results
 
 
+_FAILED_TAIL = 3000  # characters of a failed run's output shown
+
+
 def _pair(root: Path, config: str, swap: bool) -> tuple[float, float]:
     """(wall ratio, CPU ratio) of ``config`` to ``absent``, both started together."""
     runs: list[tuple[float, float]] = [(0.0, 0.0), (0.0, 0.0)]
@@ -82,8 +85,12 @@ def _timed(root: Path, config: str, runs: list[tuple[float, float]], slot: int) 
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode == 0:
-        runs[slot] = (wall, usage.ru_utime + usage.ru_stime)
+        if proc.returncode != 0:  # the pair is then given up: say why
+            output.seek(0)
+            tail = output.read()[-_FAILED_TAIL:].decode(errors="replace")
+            print(f"pytest ({config}) exited {proc.returncode}:\n{tail}", file=sys.stderr)
+            return
+    runs[slot] = (wall, usage.ru_utime + usage.ru_stime)
 
 
 def _progress(turn: int, pairs: int, suite: str, config: str, ratio: tuple[float, float]) -> None:
