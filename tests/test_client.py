@@ -9,6 +9,8 @@ from __future__ import annotations
 import django
 import pytest
 
+from tests.conftest import DjangoProject
+
 # Django 5.0 made ASGIHandler cancel a view whose client disconnected; 4.2 lets it finish.
 needs_disconnect_cancellation = pytest.mark.skipif(
     django.VERSION < (5, 0), reason="Django < 5.0 does not cancel a view on client disconnect"
@@ -97,19 +99,19 @@ async def items(request):
 
 
 @pytest.fixture
-def project(django_project):
+def project(django_project: DjangoProject) -> DjangoProject:
     django_project.views(VIEWS)
     return django_project
 
 
-def run_passing(project, source: str, passed: int = 1) -> None:
+def run_passing(project: DjangoProject, source: str, passed: int = 1) -> None:
     """Write ``source`` as the inner test module, run it, and expect every test to pass."""
     project.tests(source)
     result = project.run("-v")
     result.assert_outcomes(passed=passed, warnings=0)
 
 
-def test_get_async_view(project):
+def test_get_async_view(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -126,7 +128,7 @@ def test_get_async_view(project):
     )
 
 
-def test_get_sync_view(project):
+def test_get_sync_view(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -142,7 +144,7 @@ def test_get_sync_view(project):
     )
 
 
-def test_unknown_path_is_a_404(project):
+def test_unknown_path_is_a_404(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -155,7 +157,7 @@ def test_unknown_path_is_a_404(project):
     )
 
 
-def test_post_json_body(project):
+def test_post_json_body(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -171,7 +173,7 @@ def test_post_json_body(project):
     )
 
 
-def test_request_body_streamed_from_async_generator(project):
+def test_request_body_streamed_from_async_generator(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -190,7 +192,7 @@ def test_request_body_streamed_from_async_generator(project):
     )
 
 
-def test_large_request_body_arrives_whole(project):
+def test_large_request_body_arrives_whole(project: DjangoProject) -> None:
     """Many request body chunks and a body bigger than Django keeps in memory (it spools it to
     a file) reach the view intact."""
     run_passing(
@@ -212,7 +214,7 @@ def test_large_request_body_arrives_whole(project):
     )
 
 
-def test_query_string_and_encoded_path(project):
+def test_query_string_and_encoded_path(project: DjangoProject) -> None:
     project.module(
         "tproj/urls.py",
         """
@@ -248,7 +250,7 @@ def test_query_string_and_encoded_path(project):
     )
 
 
-def test_streaming_response_arrives_chunk_by_chunk(project):
+def test_streaming_response_arrives_chunk_by_chunk(project: DjangoProject) -> None:
     """The view's generator waits after chunk 1 for an event that the test sets only once it
     has chunk 1 in hand: a transport that buffered the body would time out instead."""
     run_passing(
@@ -280,7 +282,7 @@ def test_streaming_response_arrives_chunk_by_chunk(project):
     )
 
 
-def test_a_plain_response_needs_no_helper_tasks(project):
+def test_a_plain_response_needs_no_helper_tasks(project: DjangoProject) -> None:
     """The transport waits on futures, not on tasks made for the purpose: every task costs
     the loop steps, and a watched loop pays for each step."""
     run_passing(
@@ -311,7 +313,7 @@ def test_a_plain_response_needs_no_helper_tasks(project):
     )
 
 
-def test_client_leaving_a_stream_early_cancels_the_view(project):
+def test_client_leaving_a_stream_early_cancels_the_view(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -340,7 +342,7 @@ def test_client_leaving_a_stream_early_cancels_the_view(project):
 
 
 @needs_disconnect_cancellation
-def test_client_giving_up_before_the_response_cancels_the_view(project):
+def test_client_giving_up_before_the_response_cancels_the_view(project: DjangoProject) -> None:
     """A request cancelled while the view has not answered yet is a client that went away."""
     run_passing(
         project,
@@ -364,7 +366,7 @@ def test_client_giving_up_before_the_response_cancels_the_view(project):
     )
 
 
-def test_closing_the_client_disconnects_unclosed_responses(project):
+def test_closing_the_client_disconnects_unclosed_responses(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -398,7 +400,7 @@ def tag(get_response):
 """
 
 
-def test_settings_override_before_first_request_is_honoured(project):
+def test_settings_override_before_first_request_is_honoured(project: DjangoProject) -> None:
     """Each test gets a freshly built app, so a middleware added by one test is seen by that
     test only, before and after it."""
     project.module("tproj/middleware.py", MIDDLEWARE)
@@ -438,7 +440,7 @@ async def failing(scope, receive, send):
 """
 
 
-def test_asgi_application_setting_is_used(project):
+def test_asgi_application_setting_is_used(project: DjangoProject) -> None:
     project.module("tproj/custom_asgi.py", CUSTOM_ASGI)
     run_passing(
         project,
@@ -461,7 +463,7 @@ def test_asgi_application_setting_is_used(project):
     )
 
 
-def test_asgi_application_setting_from_settings_module(project):
+def test_asgi_application_setting_from_settings_module(project: DjangoProject) -> None:
     project.module("tproj/custom_asgi.py", CUSTOM_ASGI)
     project.settings('ASGI_APPLICATION = "tproj.custom_asgi.application"')
     run_passing(
@@ -476,7 +478,7 @@ def test_asgi_application_setting_from_settings_module(project):
     )
 
 
-def test_exception_from_custom_asgi_app_reaches_the_test(project):
+def test_exception_from_custom_asgi_app_reaches_the_test(project: DjangoProject) -> None:
     project.module("tproj/custom_asgi.py", CUSTOM_ASGI)
     run_passing(
         project,
@@ -492,7 +494,7 @@ def test_exception_from_custom_asgi_app_reaches_the_test(project):
     )
 
 
-def test_django_project_asgi_module_honours_settings_overrides(project):
+def test_django_project_asgi_module_honours_settings_overrides(project: DjangoProject) -> None:
     """``ASGI_APPLICATION`` pointing at the usual ``asgi.py`` (as Daphne requires) must not pin
     the middleware loaded when that module was first imported."""
     project.module(
@@ -572,12 +574,12 @@ async def test_session_b(asgi_client):
 """
 
 
-def test_every_loop_scope(project):
+def test_every_loop_scope(project: DjangoProject) -> None:
     run_passing(project, LOOP_SCOPES, 6)
 
 
 @needs_disconnect_cancellation
-def test_module_loop_scope_set_in_ini(project):
+def test_module_loop_scope_set_in_ini(project: DjangoProject) -> None:
     """``asyncio_default_test_loop_scope = module``: the tests share one loop, and the view of a
     response one test never closed is disconnected at its teardown, not left running."""
     project.ini("asyncio_default_test_loop_scope = module")
@@ -614,7 +616,7 @@ def test_module_loop_scope_set_in_ini(project):
 
 
 @needs_disconnect_cancellation
-def test_unclosed_stream_in_a_function_loop_is_cleaned_up(project):
+def test_unclosed_stream_in_a_function_loop_is_cleaned_up(project: DjangoProject) -> None:
     """The loop closes after the test; the view of the response left open ends with it, with
     no warning about pending tasks."""
     run_passing(
@@ -638,7 +640,7 @@ def test_unclosed_stream_in_a_function_loop_is_cleaned_up(project):
     )
 
 
-def test_view_exception_is_a_500(project):
+def test_view_exception_is_a_500(project: DjangoProject) -> None:
     run_passing(
         project,
         """
@@ -652,7 +654,9 @@ def test_view_exception_is_a_500(project):
     )
 
 
-def test_close_old_connections_is_disconnected_only_during_the_test(project):
+def test_close_old_connections_is_disconnected_only_during_the_test(
+    project: DjangoProject,
+) -> None:
     run_passing(
         project,
         """
@@ -688,7 +692,7 @@ def test_close_old_connections_is_disconnected_only_during_the_test(project):
     )
 
 
-def test_async_orm_view_sees_rows_the_test_created(project):
+def test_async_orm_view_sees_rows_the_test_created(project: DjangoProject) -> None:
     run_passing(
         project,
         """

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.conftest import DjangoProject
+
 DEFAULT_HEADER = [
     "djasync: off (use --djasync to watch this run) [default]",
     "  block_ms=100 [default]",
@@ -60,32 +62,32 @@ def usage_error(pytester: pytest.Pytester, *args: str) -> str:
 # -- where each value comes from ---------------------------------------------------------------
 
 
-def test_header_shows_defaults(project):
+def test_header_shows_defaults(project: pytest.Pytester) -> None:
     assert header(project) == DEFAULT_HEADER
 
 
-def test_header_shows_command_line_value(project):
+def test_header_shows_command_line_value(project: pytest.Pytester) -> None:
     assert "  block_ms=50 [--djasync-block-ms]" in header(project, "--djasync-block-ms=50")
 
 
-def test_header_names_the_ini_file(project):
+def test_header_names_the_ini_file(project: pytest.Pytester) -> None:
     write_ini(project, "djasync_block_ms = 75")
     assert "  block_ms=75 [djasync_block_ms in pytest.ini]" in header(project)
 
 
-def test_command_line_overrides_ini(project):
+def test_command_line_overrides_ini(project: pytest.Pytester) -> None:
     write_ini(project, "djasync_block_ms = 75")
     assert "  block_ms=50 [--djasync-block-ms]" in header(project, "--djasync-block-ms=50")
 
 
-def test_override_ini_is_named_as_such(project):
+def test_override_ini_is_named_as_such(project: pytest.Pytester) -> None:
     write_ini(project, "djasync_block_ms = 75")
     lines = header(project, "-o", "djasync_block_ms=20")
     assert "  block_ms=20 [-o djasync_block_ms]" in lines
 
 
 @pytest.mark.parametrize("name", ["tox.ini", "setup.cfg"])
-def test_header_names_other_ini_files(project, name):
+def test_header_names_other_ini_files(project: pytest.Pytester, name: str) -> None:
     (project.path / "pytest.ini").unlink()
     section = "[pytest]" if name == "tox.ini" else "[tool:pytest]"
     scope = "asyncio_default_fixture_loop_scope = function"
@@ -93,7 +95,7 @@ def test_header_names_other_ini_files(project, name):
     assert "  block_ms=60 [djasync_block_ms in " + name + "]" in header(project)
 
 
-def test_pyproject_ini_options(project):
+def test_pyproject_ini_options(project: pytest.Pytester) -> None:
     (project.path / "pytest.ini").unlink()
     project.makepyprojecttoml(
         """
@@ -115,7 +117,7 @@ def test_pyproject_ini_options(project):
 
 
 @pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="union ini types are pytest 9.2+")
-def test_native_toml_takes_unquoted_values(project):
+def test_native_toml_takes_unquoted_values(project: pytest.Pytester) -> None:
     """In a ``[tool.pytest]`` table, ``djasync = true`` and a bare number are natural."""
     (project.path / "pytest.ini").unlink()
     project.makepyprojecttoml(
@@ -133,14 +135,14 @@ def test_native_toml_takes_unquoted_values(project):
 
 
 @pytest.mark.skipif(pytest.version_tuple < (9, 2), reason="union ini types are pytest 9.2+")
-def test_native_toml_zero_threshold_is_an_error_not_the_default(project):
+def test_native_toml_zero_threshold_is_an_error_not_the_default(project: pytest.Pytester) -> None:
     (project.path / "pytest.ini").unlink()
     project.makepyprojecttoml("[tool.pytest]\ndjasync_block_ms = 0\n")
     message = usage_error(project)
     assert "djasync_block_ms in pyproject.toml: '0' is not a valid threshold" in message
 
 
-def test_every_setting_from_the_command_line(project):
+def test_every_setting_from_the_command_line(project: pytest.Pytester) -> None:
     lines = header(
         project,
         "--djasync",
@@ -161,7 +163,7 @@ def test_every_setting_from_the_command_line(project):
     ]
 
 
-def test_every_setting_from_the_ini_file(project):
+def test_every_setting_from_the_ini_file(project: pytest.Pytester) -> None:
     write_ini(
         project,
         "djasync = yes",
@@ -193,12 +195,12 @@ def test_every_setting_from_the_ini_file(project):
         ("none", "none"),
     ],
 )
-def test_guard_values(project, value, shown):
+def test_guard_values(project: pytest.Pytester, value: str, shown: str) -> None:
     assert f"  guard={shown} [--djasync-guard]" in header(project, f"--djasync-guard={value}")
 
 
 @pytest.mark.parametrize(("word", "shown"), [("1", "on"), ("On", "on"), ("no", "off")])
-def test_boolean_words_in_ini(project, word, shown):
+def test_boolean_words_in_ini(project: pytest.Pytester, word: str, shown: str) -> None:
     write_ini(project, f"djasync = {word}")
     assert header(project)[0].startswith(f"djasync: {shown}")
 
@@ -250,12 +252,14 @@ PATTERN_BAD = "is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
         ),
     ],
 )
-def test_bad_value_is_a_usage_error(project, args, ini, expected):
+def test_bad_value_is_a_usage_error(
+    project: pytest.Pytester, args: list[str], ini: str, expected: str
+) -> None:
     write_ini(project, ini)
     assert f"ERROR: pytest-djasync: {expected}" in usage_error(project, *args)
 
 
-def test_report_path_that_is_a_directory_is_a_usage_error(project):
+def test_report_path_that_is_a_directory_is_a_usage_error(project: pytest.Pytester) -> None:
     (project.path / "reports").mkdir()
     message = usage_error(project, "--djasync-report=reports")
     assert "--djasync-report: 'reports' is a directory; give a file path" in message
@@ -284,7 +288,9 @@ REASON_ARGS = "@pytest.mark.djasync_allow_blocking takes one reason string, e.g.
         ('djasync_allow_blocking(why="legacy")', REASON_ARGS),
     ],
 )
-def test_bad_marker_is_a_usage_error_naming_the_test(project, marker, expected):
+def test_bad_marker_is_a_usage_error_naming_the_test(
+    project: pytest.Pytester, marker: str, expected: str
+) -> None:
     project.makepyfile(
         test_marked=f"""
         import pytest
@@ -300,7 +306,7 @@ def test_bad_marker_is_a_usage_error_naming_the_test(project, marker, expected):
     assert f"ERROR: test_marked.py::test_it: {expected}" in usage_error(project)
 
 
-def test_bad_marker_on_the_class_names_each_test(project):
+def test_bad_marker_on_the_class_names_each_test(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_marked="""
         import pytest
@@ -316,7 +322,7 @@ def test_bad_marker_on_the_class_names_each_test(project):
     )
 
 
-def test_good_markers_are_accepted(project):
+def test_good_markers_are_accepted(project: pytest.Pytester) -> None:
     """Run in a subprocess: a ``djasync_block_ms`` test is watched even without --djasync."""
     project.makepyfile(
         test_marked="""
@@ -350,7 +356,7 @@ def test_good_markers_are_accepted(project):
 # -- the plugin stays out of the way -------------------------------------------------------------
 
 
-def test_markers_are_registered(project):
+def test_markers_are_registered(project: pytest.Pytester) -> None:
     result = project.runpytest_inprocess("--markers")
     result.stdout.fnmatch_lines(
         [
@@ -360,7 +366,7 @@ def test_markers_are_registered(project):
     )
 
 
-def test_installed_but_not_enabled_changes_nothing(django_project):
+def test_installed_but_not_enabled_changes_nothing(django_project: DjangoProject) -> None:
     """No --djasync and no markers: blocking code passes, and nothing is patched or running."""
     django_project.views(
         """
@@ -426,7 +432,9 @@ def test_installed_but_not_enabled_changes_nothing(django_project):
     result.stdout.no_fnmatch_line("*djasync summary*")
 
 
-def test_installed_but_not_enabled_registers_no_per_test_hooks(django_project):
+def test_installed_but_not_enabled_registers_no_per_test_hooks(
+    django_project: DjangoProject,
+) -> None:
     """Nothing to watch: the per-test hooks are not registered and the detectors not imported."""
     django_project.tests(
         """
@@ -445,7 +453,7 @@ def test_installed_but_not_enabled_registers_no_per_test_hooks(django_project):
     django_project.run().assert_outcomes(passed=1)
 
 
-def test_loading_the_plugin_imports_no_detector_and_no_httpx():
+def test_loading_the_plugin_imports_no_detector_and_no_httpx() -> None:
     code = (
         "import sys, pytest_djasync.plugin, pytest_djasync.latency\n"
         "from pytest_djasync import latency\n"
@@ -465,7 +473,7 @@ def test_loading_the_plugin_imports_no_detector_and_no_httpx():
     ]
 
 
-def test_one_marked_test_registers_the_hooks_for_the_run(django_project):
+def test_one_marked_test_registers_the_hooks_for_the_run(django_project: DjangoProject) -> None:
     django_project.tests(
         """
         import pytest
@@ -481,12 +489,12 @@ def test_one_marked_test_registers_the_hooks_for_the_run(django_project):
     django_project.run().assert_outcomes(passed=2)
 
 
-def test_disabled_with_no_djasync(project):
+def test_disabled_with_no_djasync(project: pytest.Pytester) -> None:
     message = usage_error(project, "-p", "no:djasync", "--djasync")
     assert "unrecognized arguments: --djasync" in message
 
 
-def test_disabled_with_no_djasync_leaves_no_trace(project):
+def test_disabled_with_no_djasync_leaves_no_trace(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_client="""
         def test_uses_the_fixture(asgi_client):
@@ -499,7 +507,7 @@ def test_disabled_with_no_djasync_leaves_no_trace(project):
     result.stdout.no_fnmatch_line("djasync:*")
 
 
-def test_disabled_with_no_djasync_knows_no_markers(project):
+def test_disabled_with_no_djasync_knows_no_markers(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_marked="""
         import pytest
@@ -519,7 +527,7 @@ def test_disabled_with_no_djasync_knows_no_markers(project):
 # -- the report file -----------------------------------------------------------------------------
 
 
-def test_report_creates_its_directory(project):
+def test_report_creates_its_directory(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_two="""
         def test_passes():
@@ -543,7 +551,7 @@ def test_report_creates_its_directory(project):
     assert all(test["violations"] == [] for test in report["tests"])
 
 
-def test_report_path_from_ini_is_relative_to_the_root(project):
+def test_report_path_from_ini_is_relative_to_the_root(project: pytest.Pytester) -> None:
     write_ini(project, "djasync = true", "djasync_report = reports/djasync.json")
     (project.path / "sub").mkdir()
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "--rootdir", ".", "sub")

@@ -51,7 +51,9 @@ FIXED = SUITE.replace(
 )
 
 
-def _comparable(report: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, Any]]]]:
+def _comparable(
+    report: dict[str, Any],
+) -> list[tuple[str, str, list[tuple[str, dict[str, Any] | None, str, int]]]]:
     """Each test's outcome and findings, without timings."""
     return sorted(
         (

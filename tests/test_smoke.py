@@ -1,7 +1,7 @@
-from tests.conftest import violations
+from tests.conftest import DjangoProject, violations
 
 
-def test_sleep_in_async_view_is_found(django_project):
+def test_sleep_in_async_view_is_found(django_project: DjangoProject) -> None:
     django_project.views(
         """
         import time
