@@ -7,6 +7,7 @@ asgiref and real event loops, and the plugin's patches and threads die with the 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import textwrap
@@ -152,8 +153,14 @@ def line_of(source: str, text: str) -> int:
     return number
 
 
+@functools.cache
 def _postgres_reachable() -> str | None:
-    """``None`` when a PostgreSQL server answers, else why not."""
+    """``None`` when a PostgreSQL server answers, else why not.
+
+    Asked once per process: ``pytester`` takes out of ``sys.modules`` what a test imported, so
+    a second probe imported psycopg again, and its C extension, initialised only once, raised
+    the first import's ``OperationalError``, which the new ``psycopg.Error`` did not catch.
+    """
     try:
         import psycopg
     except ImportError:
