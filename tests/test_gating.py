@@ -51,15 +51,17 @@ FIXED = SUITE.replace(
 )
 
 
-def _comparable(
-    report: dict[str, Any],
-) -> list[tuple[str, str, list[tuple[str, dict[str, Any] | None, str, int]]]]:
-    """Each test's outcome and findings, without timings."""
+def _comparable(report: dict[str, Any]) -> list[tuple[str, str, list[tuple[str, str, str, int]]]]:
+    """Each test's outcome and findings, without timings (locations as JSON: dicts and ``None``
+    do not sort)."""
     return sorted(
         (
             entry["nodeid"],
             entry["outcome"],
-            sorted((v["kind"], v["location"], v["what"], v["count"]) for v in entry["violations"]),
+            sorted(
+                (v["kind"], json.dumps(v["location"], sort_keys=True), v["what"], v["count"])
+                for v in entry["violations"]
+            ),
         )
         for entry in report["tests"]
     )
