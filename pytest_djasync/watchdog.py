@@ -39,6 +39,8 @@ _perf = time.perf_counter
 _thread_time = time.thread_time
 _process_time = time.process_time
 _MAX_SAMPLES = 200
+_FAST_POLLS = 20  # polls a threshold while a step is suspect
+_STARVED_SHARE = 0.25  # of the polls it would have made, below which the watchdog was starved
 _DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
 
 
@@ -67,6 +69,7 @@ class _Step:
         "native_id",
         "sampled_for",
         "samples",
+        "samples_taken",
         "schedstat",
         "snaps",
         "start",
@@ -85,6 +88,7 @@ class _Step:
         self.start_cpu = 0.0  # this thread's CPU time then, where no snapshot can tell it
         self.start_proc = 0.0  # the process's CPU time then, likewise
         self.samples: list[Stack] = []
+        self.samples_taken = 0  # during the step ``sampled_for``; ``samples`` keeps at most 200
         self.sampled_for = 0.0
         self.explained_for = 0.0  # the step that ``explained_s`` belongs to
         self.explained_s = 0.0  # time in that step already reported or excused (see explain)
@@ -419,7 +423,7 @@ def _loop_own_time(
             " and the watchdog could not run either: the process was not scheduled (an"
             " overloaded machine); not counted as a stall of the loop",
         )
-    return blocked, _starved_neighbour(step, end)
+    return blocked, _starved_neighbour(step, end) or _starved_watchdog(step, blocked, end)
 
 
 def _gil_note(step: _Step, blocked: float, base: _Snapshot, now: _Snapshot) -> tuple[str, str]:
@@ -471,6 +475,28 @@ def _starved_neighbour(step: _Step, end: float) -> tuple[str, str] | None:
         f" off the CPU for {starved[name] * 1000:.0f} ms (an overloaded machine); not counted as"
         " a stall of the loop",
     )
+
+
+def _starved_watchdog(step: _Step, blocked: float, end: float) -> tuple[str, str] | None:
+    """An excuse when the watchdog itself could rarely run while the loop thread was off the
+    CPU: both were waiting for the GIL, held by a thread the OS was not running (or the whole
+    process was not scheduled). A loop thread blocked in a lock or a socket call leaves the
+    GIL free, and the watchdog samples it at its fast rate."""
+    expected = (end - step.suspect_at) / _fast_poll(_threshold_s)
+    if expected < 8 or step.samples_taken >= _STARVED_SHARE * expected:
+        return None
+    return (
+        f"unsampled:{step.name}",
+        f"the event loop in thread {step.name!r} was off the CPU for {blocked * 1000:.0f} ms"
+        f" and the watchdog could sample it only {step.samples_taken} times of about"
+        f" {expected:.0f}: another thread held the GIL, or the process was not scheduled (an"
+        " overloaded machine); not counted as a stall of the loop",
+    )
+
+
+def _fast_poll(threshold: float) -> float:
+    """Seconds between the watchdog's polls while a step runs suspiciously long."""
+    return max(0.001, threshold / _FAST_POLLS)
 
 
 def _thread_name(ident: int) -> str:
@@ -635,18 +661,20 @@ class Watchdog:
                 wait = min(wait, start + threshold / 4 - now)
         suspect |= heartbeat.poll(threshold, frames)
         del frames
-        return max(0.001, threshold / 20 if suspect else wait)
+        return _fast_poll(threshold) if suspect else max(0.001, wait)
 
     @staticmethod
     def _sample(step: _Step, start: float, frame: Any) -> None:
         if step.sampled_for != start:
             step.samples = []
+            step.samples_taken = 0
             step.suspect_at = _perf()
             step.suspect_waits = _run_queue_waits()
             step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start
         else:
             step.latest_waits.update(_run_queue_waits())
+        step.samples_taken += 1
         stack = findings.capture(frame)
         if len(step.samples) < _MAX_SAMPLES:
             step.samples.append(stack)

@@ -923,6 +923,49 @@ def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     result.stdout.fnmatch_lines([f"*waited * ms for the GIL while {hog} held it*"])
 
 
+@CLOCKS
+def test_a_thread_asleep_holding_the_gil_is_a_note_not_a_finding(
+    django_project: DjangoProject, clocks: str
+) -> None:
+    """A thread asleep in a C call that keeps the GIL (the OS not running a GIL holder looks
+    the same) stops the loop thread and the watchdog alike, with no CPU used by anyone: the
+    samples the watchdog could not take say so."""
+    use_clocks(django_project, clocks)
+    django_project.tests(
+        """
+        import ctypes
+        import threading
+        import time
+
+        import pytest
+
+        LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
+
+        @pytest.mark.asyncio
+        async def test_loop_waits_for_a_sleeping_holder():
+            go = threading.Event()
+
+            def hold():
+                go.wait()
+                LIBC.usleep(300_000)
+
+            holder = threading.Thread(target=hold, name="gil-sleeper")
+            holder.start()
+            deadline = time.perf_counter() + 0.04
+            while time.perf_counter() < deadline:  # long enough to be sampled
+                pass
+            go.set()
+            while holder.is_alive():  # from now on, waiting for the GIL
+                pass
+            holder.join()
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_loop_waits_for_a_sleeping_holder")
+    result.stdout.fnmatch_lines(["*the watchdog could sample it only * times of about *"])
+
+
 def test_the_watchdog_wakes_once_a_threshold_until_a_step_runs_long(
     django_project: DjangoProject,
 ) -> None:
