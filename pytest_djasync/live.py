@@ -33,6 +33,10 @@ _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _GRACE_S = 2  # how long a stopping uvicorn lets unfinished responses finish
 _SETTLE_S = 2.0
+# uvicorn closes a connection idle for 5 s, and httpx reuses one idle for up to 5 s: on a slow
+# machine a request sent as the server closes its connection fails (httpx.ReadError). A test
+# server keeps idle connections until it stops.
+_KEEP_ALIVE_S = 3600
 
 _running: set[LiveServer] = set()
 
@@ -123,6 +127,7 @@ class LiveServer:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=_GRACE_S,
+            timeout_keep_alive=_KEEP_ALIVE_S,
         )
         errors = _ErrorLog()
         logger = logging.getLogger("uvicorn.error")

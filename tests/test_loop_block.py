@@ -947,12 +947,12 @@ def test_a_thread_asleep_holding_the_gil_is_a_note_not_a_finding(
 
             def hold():
                 go.wait()
-                LIBC.usleep(300_000)
+                LIBC.usleep(1_000_000)
 
             holder = threading.Thread(target=hold, name="gil-sleeper")
             holder.start()
-            deadline = time.perf_counter() + 0.04
-            while time.perf_counter() < deadline:  # long enough to be sampled
+            deadline = time.perf_counter() + 0.15
+            while time.perf_counter() < deadline:  # long enough to be sampled, however slowly
                 pass
             go.set()
             while holder.is_alive():  # from now on, waiting for the GIL
