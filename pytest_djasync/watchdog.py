@@ -292,16 +292,22 @@ class _GCLog:
 
     def __init__(self) -> None:
         self._started = 0.0
-        self.pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=512)
+        # (start, end, the collecting thread's ident)
+        self.pauses: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=512)
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = _perf()
         elif self._started:
-            self.pauses.append((self._started, _perf()))
+            self.pauses.append((self._started, _perf(), threading.get_ident()))
 
-    def overlap(self, start: float, end: float) -> float:
-        return sum(max(0.0, min(end, e) - max(start, s)) for s, e in list(self.pauses))
+    def overlap(self, start: float, end: float, thread: int | None = None) -> float:
+        """Seconds of pauses within ``start``-``end``: all, or those collected in ``thread``."""
+        return sum(
+            max(0.0, min(end, e) - max(start, s))
+            for s, e, ident in list(self.pauses)
+            if thread is None or ident == thread
+        )
 
 
 _gc_log = _GCLog()
@@ -411,7 +417,8 @@ def _loop_own_time(
         blocked = min(blocked, max(0.0, own) * (end - start) / max(observed, 1e-9))
     blocked -= explained_s
     loop_cpu, other_cpu = _cpu_during(step, start, before, first, now)
-    loop_cpu -= explained_cpu
+    # A collection the loop thread ran is its CPU but not its doing: off, at its wall time.
+    loop_cpu -= explained_cpu + _gc_log.overlap(start, end, step.ident)
     if blocked < _threshold_s or loop_cpu >= 0.5 * blocked:
         return blocked, None  # under the threshold, or the loop thread itself was busy
     if other_cpu >= 0.5 * blocked:
