@@ -272,17 +272,22 @@ def _run_queue_wait(native_id: int) -> float | None:
 
 
 def _snapshot(step: _Step, during: float) -> _Snapshot:
+    # The reads take time (and hand the GIL over), so their order decides which way the error
+    # goes: the run-queue wait before the time and the CPU clocks after it err towards an
+    # excuse (more wait subtracted, less of the loop thread's CPU counted in the step).
+    wait = None if step.schedstat is None else _read_wait(step.schedstat)
+    t = _perf()
     cpus = {}
     for thread in threading.enumerate():
         cpu = _thread_cpu(thread.native_id)
         if cpu is not None and thread.ident is not None:
             cpus[thread.ident] = cpu
     return _Snapshot(
-        _perf(),
+        t,
         during,
         cpus.get(step.ident),  # the loop thread is listed: _Step made it known to threading
         _process_time(),
-        None if step.schedstat is None else _read_wait(step.schedstat),
+        wait,
         cpus,
     )
 
