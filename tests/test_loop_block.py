@@ -24,6 +24,33 @@ watchdog._thread_cpu = lambda native_id: None
 """
 CLOCKS = pytest.mark.parametrize("clocks", ["snapshots", "per-step"])
 
+# A thread that, once told to, sleeps in a C call that keeps the GIL: the loop thread waits for
+# the GIL, using no CPU, and the watchdog cannot run either.
+GIL_SLEEPER = """
+import ctypes
+import threading
+
+LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
+
+
+def sleeping_holder(seconds):
+    go = threading.Event()
+
+    def hold():
+        go.wait()
+        LIBC.usleep(int(seconds * 1_000_000))
+
+    holder = threading.Thread(target=hold, name="gil-sleeper")
+    holder.start()
+    return holder, go
+
+
+def wait_for(holder):
+    while holder.is_alive():  # waiting for the GIL it holds
+        pass
+    holder.join()
+"""
+
 
 def use_clocks(django_project: DjangoProject, clocks: str) -> None:
     if clocks == "per-step":
@@ -849,15 +876,14 @@ def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject)
 def test_a_collection_the_loop_thread_ran_is_not_its_cpu(django_project: DjangoProject) -> None:
     """A step that collects garbage and then waits for the GIL: the collection is CPU time of
     the loop thread, but not the loop's own work, so it cannot make the wait a stall."""
+    django_project.module("gil_sleeper.py", GIL_SLEEPER)
     django_project.tests(
         """
-        import ctypes
         import gc
-        import threading
 
         import pytest
 
-        LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
+        from gil_sleeper import sleeping_holder, wait_for
 
         @pytest.fixture(scope="module")
         def big_heap():
@@ -870,19 +896,10 @@ def test_a_collection_the_loop_thread_ran_is_not_its_cpu(django_project: DjangoP
 
         @pytest.mark.asyncio
         async def test_collect_then_wait(big_heap):
-            go = threading.Event()
-
-            def hold():
-                go.wait()
-                LIBC.usleep(100_000)
-
-            holder = threading.Thread(target=hold, name="gil-sleeper")
-            holder.start()
+            holder, go = sleeping_holder(0.1)
             gc.collect()
             go.set()
-            while holder.is_alive():  # waiting for the GIL
-                pass
-            holder.join()
+            wait_for(holder)
         """
     )
     result, report = django_project.report("--djasync-block-ms=50")
@@ -975,33 +992,23 @@ def test_a_thread_asleep_holding_the_gil_is_a_note_not_a_finding(
     the same) stops the loop thread and the watchdog alike, with no CPU used by anyone: the
     samples the watchdog could not take say so."""
     use_clocks(django_project, clocks)
+    django_project.module("gil_sleeper.py", GIL_SLEEPER)
     django_project.tests(
         """
-        import ctypes
-        import threading
         import time
 
         import pytest
 
-        LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
+        from gil_sleeper import sleeping_holder, wait_for
 
         @pytest.mark.asyncio
         async def test_loop_waits_for_a_sleeping_holder():
-            go = threading.Event()
-
-            def hold():
-                go.wait()
-                LIBC.usleep(1_000_000)
-
-            holder = threading.Thread(target=hold, name="gil-sleeper")
-            holder.start()
+            holder, go = sleeping_holder(1.0)
             deadline = time.perf_counter() + 0.15
             while time.perf_counter() < deadline:  # long enough to be sampled, however slowly
                 pass
             go.set()
-            while holder.is_alive():  # from now on, waiting for the GIL
-                pass
-            holder.join()
+            wait_for(holder)
         """
     )
     result, report = django_project.report("--djasync-block-ms=50")
