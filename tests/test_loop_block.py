@@ -873,40 +873,6 @@ def test_garbage_collection_pauses_are_not_blamed(django_project: DjangoProject)
     assert not violations(report, "test_collect")
 
 
-def test_a_collection_the_loop_thread_ran_is_not_its_cpu(django_project: DjangoProject) -> None:
-    """A step that collects garbage and then waits for the GIL: the collection is CPU time of
-    the loop thread, but not the loop's own work, so it cannot make the wait a stall."""
-    django_project.module("gil_sleeper.py", GIL_SLEEPER)
-    django_project.tests(
-        """
-        import gc
-
-        import pytest
-
-        from gil_sleeper import sleeping_holder, wait_for
-
-        @pytest.fixture(scope="module")
-        def big_heap():
-            heap = []
-            for _ in range(1_000_000):
-                node = []
-                node.append(node)
-                heap.append(node)
-            yield heap
-
-        @pytest.mark.asyncio
-        async def test_collect_then_wait(big_heap):
-            holder, go = sleeping_holder(0.1)
-            gc.collect()
-            go.set()
-            wait_for(holder)
-        """
-    )
-    result, report = django_project.report("--djasync-block-ms=50")
-    result.assert_outcomes(passed=1)
-    assert not violations(report, "test_collect_then_wait")
-
-
 @CLOCKS
 def test_a_step_spent_in_a_reported_blocking_call_gets_no_note(
     django_project: DjangoProject, clocks: str
