@@ -24,33 +24,6 @@ watchdog._thread_cpu = lambda native_id: None
 """
 CLOCKS = pytest.mark.parametrize("clocks", ["snapshots", "per-step"])
 
-# A thread that, once told to, sleeps in a C call that keeps the GIL: the loop thread waits for
-# the GIL, using no CPU, and the watchdog cannot run either.
-GIL_SLEEPER = """
-import ctypes
-import threading
-
-LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
-
-
-def sleeping_holder(seconds):
-    go = threading.Event()
-
-    def hold():
-        go.wait()
-        LIBC.usleep(int(seconds * 1_000_000))
-
-    holder = threading.Thread(target=hold, name="gil-sleeper")
-    holder.start()
-    return holder, go
-
-
-def wait_for(holder):
-    while holder.is_alive():  # waiting for the GIL it holds
-        pass
-    holder.join()
-"""
-
 
 def use_clocks(django_project: DjangoProject, clocks: str) -> None:
     if clocks == "per-step":
@@ -958,23 +931,33 @@ def test_a_thread_asleep_holding_the_gil_is_a_note_not_a_finding(
     the same) stops the loop thread and the watchdog alike, with no CPU used by anyone: the
     samples the watchdog could not take say so."""
     use_clocks(django_project, clocks)
-    django_project.module("gil_sleeper.py", GIL_SLEEPER)
     django_project.tests(
         """
+        import ctypes
+        import threading
         import time
 
         import pytest
 
-        from gil_sleeper import sleeping_holder, wait_for
+        LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
 
         @pytest.mark.asyncio
         async def test_loop_waits_for_a_sleeping_holder():
-            holder, go = sleeping_holder(1.0)
+            go = threading.Event()
+
+            def hold():
+                go.wait()
+                LIBC.usleep(1_000_000)
+
+            holder = threading.Thread(target=hold, name="gil-sleeper")
+            holder.start()
             deadline = time.perf_counter() + 0.15
             while time.perf_counter() < deadline:  # long enough to be sampled, however slowly
                 pass
             go.set()
-            wait_for(holder)
+            while holder.is_alive():  # from now on, waiting for the GIL the holder keeps
+                pass
+            holder.join()
         """
     )
     result, report = django_project.report("--djasync-block-ms=50")
