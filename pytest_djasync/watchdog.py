@@ -41,6 +41,7 @@ _process_time = time.process_time
 _MAX_SAMPLES = 200
 _FAST_POLLS = 20  # polls a threshold while a step is suspect
 _STARVED_SHARE = 0.25  # of the polls it would have made, below which the watchdog was starved
+_STARVED_MIN_POLLS = 8  # fewer expected polls are too few to tell a starved watchdog apart
 _DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
 
 
@@ -495,7 +496,7 @@ def _starved_watchdog(step: _Step, blocked: float, end: float) -> tuple[str, str
     process was not scheduled). A loop thread blocked in a lock or a socket call leaves the
     GIL free, and the watchdog samples it at its fast rate."""
     expected = (end - step.suspect_at) / _fast_poll(_threshold_s)
-    if expected < 8 or step.samples_taken >= _STARVED_SHARE * expected:
+    if expected < _STARVED_MIN_POLLS or step.samples_taken >= _STARVED_SHARE * expected:
         return None
     return (
         f"unsampled:{step.name}",
