@@ -68,6 +68,7 @@ class _Step:
         "latest_waits",
         "name",
         "native_id",
+        "sample_due",
         "sampled_for",
         "samples",
         "samples_taken",
@@ -99,6 +100,7 @@ class _Step:
         snap = _snapshot(self, 0.0)
         self.snaps = (snap, snap)  # the watchdog's last two: (earlier, latest)
         self.suspect_at = 0.0  # when the watchdog first saw the current long step
+        self.sample_due = 0.0  # when it would have, had it woken on time (see _first_look)
         self.suspect_waits: dict[int, tuple[str, float]] = {}  # native id -> (name, run-queue s)
         self.latest_waits: dict[int, tuple[str, float]] = {}  # kept for threads that end meanwhile
 
@@ -494,8 +496,10 @@ def _starved_watchdog(step: _Step, blocked: float, end: float) -> tuple[str, str
     """An excuse when the watchdog itself could rarely run while the loop thread was off the
     CPU: both were waiting for the GIL, held by a thread the OS was not running (or the whole
     process was not scheduled). A loop thread blocked in a lock or a socket call leaves the
-    GIL free, and the watchdog samples it at its fast rate."""
-    expected = (end - step.suspect_at) / _fast_poll(_threshold_s)
+    GIL free, and the watchdog samples it at its fast rate. The samples it would have taken
+    count from when it meant to take the first: a watchdog kept from waking until the step's
+    last moments is the starved one, not the one with too little time to judge."""
+    expected = (end - step.sample_due) / _fast_poll(_threshold_s)
     if expected < _STARVED_MIN_POLLS or step.samples_taken >= _STARVED_SHARE * expected:
         return None
     return (
@@ -606,6 +610,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._installed: Callable[[asyncio.Handle], None] | None = None
+        self._due = 0.0  # when the running poll was meant to start; 0.0 before the first
 
     @staticmethod
     def set_threshold(ms: float) -> None:
@@ -644,8 +649,11 @@ class Watchdog:
             _steps.popitem()[1].close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll()):
-            pass
+        while True:
+            wait = self._poll()
+            self._due = _perf() + wait
+            if self._stop.wait(wait):
+                return
 
     def _poll(self) -> float:
         """Check every loop thread once; return how long to sleep before the next check."""
@@ -669,19 +677,30 @@ class Watchdog:
                 step.snaps = (latest, _snapshot(step, start))
             if start and now - start >= threshold / 4:
                 suspect = True
-                self._sample(step, start, frame)
+                self._sample(step, start, frame, self._first_look(start, now))
             elif start:  # look again when it would be suspect, so a stall is always sampled
                 wait = min(wait, start + threshold / 4 - now)
         suspect |= heartbeat.poll(threshold, frames)
         del frames
         return _fast_poll(threshold) if suspect else max(0.001, wait)
 
+    def _first_look(self, start: float, now: float) -> float:
+        """When a watchdog that woke on time would have begun sampling the step started at
+        ``start``: at this poll's due time, or a quarter threshold into the step if that is
+        later. A poll due before the step began would have been followed by another within a
+        threshold, so that is the latest the first look could have come."""
+        threshold = _threshold_s
+        if self._due < start:
+            return min(now, start + threshold)
+        return min(now, max(self._due, start + threshold / 4))
+
     @staticmethod
-    def _sample(step: _Step, start: float, frame: Any) -> None:
+    def _sample(step: _Step, start: float, frame: Any, due: float) -> None:
         if step.sampled_for != start:
             step.samples = []
             step.samples_taken = 0
             step.suspect_at = _perf()
+            step.sample_due = due
             step.suspect_waits = _run_queue_waits()
             step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start

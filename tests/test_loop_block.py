@@ -966,6 +966,83 @@ def test_a_thread_asleep_holding_the_gil_is_a_note_not_a_finding(
     result.stdout.fnmatch_lines(["*the watchdog could sample it only * times of about *"])
 
 
+@CLOCKS
+def test_a_watchdog_kept_from_its_first_look_is_still_starved(
+    django_project: DjangoProject, clocks: str
+) -> None:
+    """The holder starts sleeping with the GIL before the watchdog's first look at the step,
+    so the watchdog wakes only for the step's last moments and samples those at its full
+    rate: the samples it could not take count from when it meant to take the first."""
+    use_clocks(django_project, clocks)
+    django_project.tests(
+        """
+        import ctypes
+        import threading
+
+        import pytest
+
+        LIBC = ctypes.PyDLL(None)  # a PyDLL's functions run with the GIL held
+
+        @pytest.mark.asyncio
+        async def test_loop_waits_for_a_holder_from_its_start():
+            holder = threading.Thread(target=LIBC.usleep, args=(300_000,), name="gil-sleeper")
+            holder.start()
+            while holder.is_alive():  # waiting for the GIL the holder keeps
+                pass
+            holder.join()
+            threading.Event().wait(0.04)  # under the threshold; the watchdog is free to sample
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_loop_waits_for_a_holder_from_its_start")
+    result.stdout.fnmatch_lines(["*the watchdog could sample it only * times of about *"])
+
+
+def test_a_collection_the_loop_thread_ran_is_not_its_cpu(django_project: DjangoProject) -> None:
+    """A step that collects garbage and then waits for the GIL: the collection is CPU time of
+    the loop thread, but not the loop's own work, so it cannot make the wait a stall."""
+    django_project.tests(
+        """
+        import ctypes
+        import gc
+        import threading
+
+        import pytest
+
+        LIBC = ctypes.PyDLL(None)
+
+        @pytest.fixture(scope="module")
+        def big_heap():
+            heap = []
+            for _ in range(1_000_000):
+                node = []
+                node.append(node)
+                heap.append(node)
+            yield heap
+
+        @pytest.mark.asyncio
+        async def test_collect_then_wait(big_heap):
+            go = threading.Event()
+
+            def hold():
+                go.wait()
+                LIBC.usleep(100_000)
+
+            holder = threading.Thread(target=hold, name="gil-sleeper")
+            holder.start()
+            gc.collect()
+            go.set()
+            while holder.is_alive():
+                pass
+            holder.join()
+        """
+    )
+    result, report = django_project.report("--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+    assert not violations(report, "test_collect_then_wait")
+
+
 def test_the_watchdog_wakes_once_a_threshold_until_a_step_runs_long(
     django_project: DjangoProject,
 ) -> None:
