@@ -195,8 +195,11 @@ def _targets(results: dict[str, Any]) -> str:
         )
     soak = results.get("soak")
     if soak is not None:
-        bad = soak["findings"] + soak["failed_tests"]
+        broken = soak.get("broken_runs", 0)
+        bad = soak["findings"] + soak["failed_tests"] + broken
         measured = f"{soak['findings']} findings, {soak['failed_tests']} failed tests"
+        if broken:
+            measured += f", **{broken} runs did not run the suite**"
         lines.append(f"| 0 false positives in the soak | {measured} | | | {_yes(bad == 0)} |")
     return "\n".join(lines)
 
@@ -259,6 +262,10 @@ def _soak(soak: dict[str, Any]) -> str:
     ]
     shown = [m for r in soak["per_run"] for m in r["finding_messages"] + r["note_messages"]]
     lines += [f"    - {m}" for m in shown[:10]]
+    broken = [r for r in soak["per_run"] if r.get("broken")]
+    if broken:
+        lines += [f"- runs that did not run the suite: **{len(broken)}**; the first ended:", ""]
+        lines += [f"    {line}" for line in broken[0]["tail"].splitlines()[-10:]]
     return "\n".join(lines)
 
 

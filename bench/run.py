@@ -46,6 +46,7 @@ PACKAGES = (
     "blockbuster",
     "pyleak",
 )
+NEEDED = ("pytest-djasync", "pytest-asyncio", "pytest-django", "Django", "asgiref", "httpx")
 TARGET_S = 0.3  # seconds of CPU each calibrated case (cpu_loop, pbkdf2, sqlite_cte) should take
 
 
@@ -200,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     meta = machine(args)
+    missing = [name for name in NEEDED if meta["packages"][name] == "not installed"]
+    if missing:  # every suite would collect nothing, and a soak of nothing finds nothing
+        print(
+            f"bench: {', '.join(missing)} not installed for {sys.executable}; run it with the"
+            " project's environment (pip install -e '.[dev]')",
+            file=sys.stderr,
+        )
+        return 2
     results = {"meta": meta, **run_parts(args, calibrate())}
     meta["took_s"] = time.monotonic() - started
     meta["load_end"] = _load()

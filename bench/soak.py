@@ -47,6 +47,7 @@ def soak(root: Path, runs: int, hogs: int, block_ms: float) -> dict[str, Any]:
         "failed_tests": sum(r["failed"] for r in results),
         "findings": sum(r["findings"] for r in results),
         "notes": sum(r["notes"] for r in results),
+        "broken_runs": sum(r["broken"] for r in results),
         "per_run": results,
     }
 
@@ -56,10 +57,13 @@ def _judge(root: Path, result: pytestrun.Run) -> dict[str, Any]:
     failed = [nodeid for nodeid, e in outcomes.items() if e["outcome"] != "passed"]
     notes = [w for e in outcomes.values() for w in e["warnings"] if w.startswith("Djasync")]
     messages = _violations(root / "report.json")
+    tests = sum(result.counts.values()) - result.counts.get("warning", 0)
     return {
         "wall_s": result.wall_s,
         "summary": result.summary,
-        "tests": sum(result.counts.values()) - result.counts.get("warning", 0),
+        "broken": tests == 0 or result.code not in (0, 1),  # the suite did not run: no verdict
+        "tail": "" if result.code in (0, 1) else result.tail,
+        "tests": tests,
         "failed": len(failed),
         "failed_tests": failed[:10],
         "findings": len(messages),
