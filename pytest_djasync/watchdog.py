@@ -372,11 +372,14 @@ def _snapshots_of(step: _Step, start: float, end: float) -> tuple[_Snapshot, _Sn
 
 
 def _wait_baseline(before: _Snapshot, first: _Snapshot | None, start: float) -> _Snapshot | None:
-    """Clocks from the moment the watchdog first saw the step, or from just before it: an
-    older snapshot would charge this step with run-queue waits of earlier ones."""
-    if first is not None:
-        return first
-    return before if 0.0 <= start - before.t <= _threshold_s else None
+    """Of the watchdog's snapshot from just before the step and its first during it, the one
+    nearer the step's start. An older one would charge this step with run-queue waits of
+    earlier ones; a late first one (the watchdog, too, waited for the GIL) would make the
+    wait seen in the step's last moments stand for all of it."""
+    recent = 0.0 <= start - before.t <= _threshold_s
+    if first is None or (recent and start - before.t < first.t - start):
+        return before if recent else None
+    return first
 
 
 def _cpu_during(
