@@ -7,6 +7,7 @@ are); stalls are made several times longer than the threshold so a busy machine 
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 
@@ -919,8 +920,15 @@ def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     result, report = django_project.report("--djasync-block-ms=50")
     result.assert_outcomes(passed=1)
     assert not violations(report, "test_loop_waits_for_the_gil")
-    hog = "thread 'gil-hog'" if clocks == "snapshots" else "another thread"  # no thread clocks
-    result.stdout.fnmatch_lines([f"*waited * ms for the GIL while {hog} held it*"])
+    notes = re.findall(r"DjasyncWarning: (.*)", result.stdout.str())
+    assert notes
+    assert all("not counted as a stall of the loop" in note for note in notes), notes
+    # Which excuse depends on the CPU the machine gave the hog: on a machine with a core to
+    # spare, the GIL note (naming it where thread clocks can be read). With every core busy,
+    # the OS kept the hog, or the whole process, off the CPU too, and the note says that.
+    hog = "thread 'gil-hog'" if clocks == "snapshots" else "another thread"
+    held = [note for note in notes if "for the GIL while" in note]
+    assert all(f"while {hog} held it; not counted" in note for note in held), held
 
 
 @CLOCKS
