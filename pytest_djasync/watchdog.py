@@ -519,6 +519,16 @@ def _fast_poll(threshold: float) -> float:
     return max(0.001, threshold / _FAST_POLLS)
 
 
+def _first_look(due: float, start: float, now: float) -> float:
+    """When a watchdog that woke on time (at ``due``, not ``now``) would have begun sampling
+    the step started at ``start``: at its due time, or a quarter threshold into the step if
+    that is later. A poll due before the step began would have been followed by another within
+    a threshold, so that is the latest the first look could have come."""
+    if due < start:
+        return min(now, start + _threshold_s)
+    return min(now, max(due, start + _threshold_s / 4))
+
+
 def _thread_name(ident: int) -> str:
     for thread in threading.enumerate():
         if thread.ident == ident:
@@ -680,30 +690,20 @@ class Watchdog:
                 step.snaps = (latest, _snapshot(step, start))
             if start and now - start >= threshold / 4:
                 suspect = True
-                self._sample(step, start, frame, self._first_look(start, now))
+                self._sample(step, start, frame, self._due, now)
             elif start:  # look again when it would be suspect, so a stall is always sampled
                 wait = min(wait, start + threshold / 4 - now)
         suspect |= heartbeat.poll(threshold, frames)
         del frames
         return _fast_poll(threshold) if suspect else max(0.001, wait)
 
-    def _first_look(self, start: float, now: float) -> float:
-        """When a watchdog that woke on time would have begun sampling the step started at
-        ``start``: at this poll's due time, or a quarter threshold into the step if that is
-        later. A poll due before the step began would have been followed by another within a
-        threshold, so that is the latest the first look could have come."""
-        threshold = _threshold_s
-        if self._due < start:
-            return min(now, start + threshold)
-        return min(now, max(self._due, start + threshold / 4))
-
     @staticmethod
-    def _sample(step: _Step, start: float, frame: Any, due: float) -> None:
+    def _sample(step: _Step, start: float, frame: Any, due: float, now: float) -> None:
         if step.sampled_for != start:
             step.samples = []
             step.samples_taken = 0
             step.suspect_at = _perf()
-            step.sample_due = due
+            step.sample_due = _first_look(due, start, now)
             step.suspect_waits = _run_queue_waits()
             step.latest_waits = dict(step.suspect_waits)
             step.sampled_for = start
