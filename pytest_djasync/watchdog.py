@@ -347,14 +347,14 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     if blocked < _threshold_s:
         return
     samples = step.samples if step.sampled_for == start else []
-    stack, note = _stall_stack(samples, handle)
+    stack, location, note = _stall_stack(samples, handle)
     findings.record(
         Finding(
             kind=findings.STALL,
             what="event loop step",
             duration_ms=blocked * 1000,
             stack=stack,
-            location=findings.user_frame(stack),
+            location=location,
             request=_request_of(handle),
             fix=stall_fix(stack),
             thread=step.name,
@@ -536,14 +536,26 @@ def _thread_name(ident: int) -> str:
     return f"thread {ident}"
 
 
-def _stall_stack(samples: list[Stack], handle: asyncio.Handle) -> tuple[Stack, str]:
-    """The stack sampled most often at one user location during the stall, imports aside."""
+def _stall_stack(
+    samples: list[Stack], handle: asyncio.Handle
+) -> tuple[Stack, findings.Frame | None, str]:
+    """The stack sampled most often at one user location during the stall, imports aside, and
+    the location to blame. Without a sample, only where the task suspended next is known: the
+    user's own frame there, if any, is the best guess; a library's frame would be a wrong one
+    (and would key allow patterns and baselines to it)."""
     seen = findings.most_seen(samples)
     if seen is not None:
-        return seen[2], ""
-    return _suspended_stack(handle), (
-        "no sample could be taken during the stall (the loop thread held the GIL throughout);"
-        " the stack shows where the task suspended next"
+        return seen[2], seen[0], ""
+    stack = _suspended_stack(handle)
+    own = next((frame for frame in reversed(stack) if findings.is_user_path(frame.path)), None)
+    return (
+        stack,
+        own,
+        (
+            "the watchdog took no sample during the stall (a C call held the GIL throughout, or"
+            " the machine did not run the watchdog in time); the stack shows where the task"
+            " suspended next"
+        ),
     )
 
 
@@ -621,14 +633,20 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        # Set when the threshold drops: a poll scheduled by a higher one would come too late.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._installed: Callable[[asyncio.Handle], None] | None = None
         self._due = 0.0  # when the running poll was meant to start; 0.0 before the first
 
-    @staticmethod
-    def set_threshold(ms: float) -> None:
+    def set_threshold(self, ms: float) -> None:
+        """Takes effect at once: a test with a lower threshold than the one before it is not
+        left with a watchdog sleeping out the longer wait (its stalls would go unsampled)."""
         global _threshold_s
+        lowered = ms / 1000 < _threshold_s
         _threshold_s = ms / 1000
+        if lowered:
+            self._wake.set()
 
     def start(self, threshold_ms: float) -> None:
         global _enabled, _cpu_per_step, _original_run, _local, _watchdog_ident
@@ -642,6 +660,7 @@ class Watchdog:
         gc.callbacks.append(_gc_log)
         _enabled = True
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="djasync-watchdog", daemon=True)
         self._thread.start()
         _watchdog_ident = self._thread.ident or 0
@@ -650,6 +669,7 @@ class Watchdog:
         global _enabled
         _enabled = False
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -662,11 +682,12 @@ class Watchdog:
             _steps.popitem()[1].close()
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             wait = self._poll()
             self._due = _perf() + wait
-            if self._stop.wait(wait):
-                return
+            if self._wake.wait(wait):
+                self._wake.clear()
+                self._due = _perf()  # woken on purpose: this poll is on time
 
     def _poll(self) -> float:
         """Check every loop thread once; return how long to sleep before the next check."""

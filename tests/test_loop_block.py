@@ -1414,6 +1414,79 @@ def test_threshold_marker_and_opt_in_without_the_flag(django_project: DjangoProj
     result.stdout.fnmatch_lines(["*test_strict_threshold*", "*stall threshold 50 ms*"])
 
 
+LOWER_THRESHOLD_TESTS = """
+import asyncio
+import time
+
+import pytest
+
+def _spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+@pytest.mark.djasync_block_ms(2000)
+def test_generous_first():
+    time.sleep(0.3)  # no loop runs; the watchdog polls and then waits a 2 s threshold out
+
+@pytest.mark.asyncio
+async def test_stalls_next():
+    _spin(0.3)
+    await asyncio.sleep(0)
+"""
+
+
+def test_a_lower_threshold_takes_effect_at_once(django_project: DjangoProject) -> None:
+    """The next test's lower threshold wakes a watchdog asleep for the previous one's higher
+    threshold. Left asleep, it took no sample of the stall, which was then blamed on where the
+    task suspended next (a user trying the plugin saw asgiref's ``SyncToAsync.__call__``)."""
+    django_project.tests(LOWER_THRESHOLD_TESTS)
+    result, report = django_project.report()
+    result.assert_outcomes(passed=1, failed=1)
+    [stall] = violations(report, "test_stalls_next")
+    assert stall["kind"] == "stall"
+    line = line_of(LOWER_THRESHOLD_TESTS, "while time.perf_counter() < end")
+    assert stall["location"] == {"path": "test_scenario.py", "line": line, "function": "_spin"}
+    assert "took no sample" not in result.stdout.str()
+
+
+def test_an_unsampled_stall_is_blamed_on_user_code_or_nowhere(
+    django_project: DjangoProject,
+) -> None:
+    """Without a sample (a C call kept the GIL, or the watchdog was not run in time), where the
+    task suspended next is all that is known: the user's frame there is the best guess; a
+    library's frame would be a wrong one, and would key allow patterns and baselines to it."""
+    django_project.tests(
+        """
+        import asyncio
+        import types
+
+        from pytest_djasync import watchdog
+
+        async def user_code():
+            await asyncio.sleep(10)
+
+        def blame(task):
+            handle = asyncio.Handle(types.SimpleNamespace(__self__=task), (), task.get_loop())
+            stack, location, note = watchdog._stall_stack([], handle)
+            return bool(stack), location and location.function, "took no sample" in note
+
+        def test_blame():
+            async def main():
+                library = asyncio.ensure_future(asyncio.sleep(10))
+                user = asyncio.ensure_future(user_code())
+                await asyncio.sleep(0)  # both suspended
+                blamed = [blame(library), blame(user)]
+                library.cancel()
+                user.cancel()
+                return blamed
+
+            assert asyncio.run(main()) == [(True, None, True), (True, "user_code", True)]
+        """
+    )
+    django_project.run("-p", "no:djasync").assert_outcomes(passed=1)
+
+
 def test_own_failure_is_kept_and_xfail_on_the_plugin_works(django_project: DjangoProject) -> None:
     django_project.tests(
         """
