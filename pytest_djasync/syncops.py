@@ -132,11 +132,14 @@ def _has_async_twin(owner: str, name: str) -> bool:
     return hasattr(QuerySet if owner == "QuerySet" else Model, name)
 
 
-def expected_by(finding: findings.Finding, test: CodeType | None) -> bool:
-    """True when the error reached the test's own code, which caught it on purpose
-    (``pytest.raises(SynchronousOnlyOperation)`` or a try/except)."""
+def expected_by(
+    finding: findings.Finding, test: CodeType | None, escaped: BaseException | None = None
+) -> bool:
+    """True when the error reached the test's own code and stopped there: the test caught it
+    on purpose (``pytest.raises(SynchronousOnlyOperation)`` or a try/except). One that went on
+    out of the test (``escaped``, Django's test client re-raises a view's) failed it."""
     error = finding.exception
-    if error is None or test is None:
+    if error is None or test is None or _carries(escaped, error):
         return False
     tb = error.__traceback__
     while tb is not None:
@@ -144,6 +147,16 @@ def expected_by(finding: findings.Finding, test: CodeType | None) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def _carries(escaped: BaseException | None, error: BaseException, depth: int = 0) -> bool:
+    """True when ``error`` is ``escaped``, its cause or context, or in its exception group."""
+    if escaped is None or depth > 20:
+        return False
+    if escaped is error:
+        return True
+    inner = [*getattr(escaped, "exceptions", ()), escaped.__cause__ or escaped.__context__]
+    return any(_carries(e, error, depth + 1) for e in inner if isinstance(e, BaseException))
 
 
 def unsafe_mode_warning() -> str | None:

@@ -38,20 +38,34 @@ class Judge:
         self.root = root
         self.known = known
 
-    def phase(self, item: pytest.Item, plan: markers.Plan, when: str, verbose: bool) -> Phase:
+    def phase(
+        self,
+        item: pytest.Item,
+        plan: markers.Plan,
+        when: str,
+        verbose: bool,
+        escaped: BaseException | None = None,
+    ) -> Phase:
+        """``escaped``: what the phase raised, if anything (an error the test let through
+        is not one it caught)."""
         result = Phase(notes=self.watch.take_notes() if self.watch.running else [])
-        texts = [self._loop_text(item, plan, verbose)]
+        texts = [self._loop_text(item, plan, verbose, escaped)]
         if when == "call":
             texts += [self._crossings_text(item, plan), self._fanout_text(item, plan)]
         result.text = "\n\n".join(t for t in texts if t)
         return result
 
     def _excuse(
-        self, item: pytest.Item, plan: markers.Plan, finding: Finding, test_code: CodeType | None
+        self,
+        item: pytest.Item,
+        plan: markers.Plan,
+        finding: Finding,
+        test_code: CodeType | None,
+        escaped: BaseException | None,
     ) -> None:
         if finding.allowed_by is not None:
             return
-        if syncops.expected_by(finding, test_code):
+        if syncops.expected_by(finding, test_code, escaped):
             finding.allowed_by = CAUGHT
         elif plan.allow_reason is not None:
             finding.allowed_by = MARKER
@@ -60,7 +74,9 @@ class Judge:
         ):
             finding.allowed_by = BASELINE
 
-    def _loop_text(self, item: pytest.Item, plan: markers.Plan, verbose: bool) -> str:
+    def _loop_text(
+        self, item: pytest.Item, plan: markers.Plan, verbose: bool, escaped: BaseException | None
+    ) -> str:
         if not self.watch.running:
             return ""
         fresh = self.watch.take()
@@ -68,7 +84,7 @@ class Judge:
             return ""
         test_code = test_function_code(item)
         for finding in fresh:
-            self._excuse(item, plan, finding, test_code)
+            self._excuse(item, plan, finding, test_code, escaped)
         failing = [f for f in fresh if f.allowed_by is None]
         if not failing:
             return ""

@@ -135,9 +135,9 @@ class WatchHooks:
         )
         try:
             result = yield
-        except BaseException:
+        except BaseException as escaped:
             self._end_call(nodeid)
-            self._check(item, plan, "call", test_failed=True)
+            self._check(item, plan, "call", test_failed=True, escaped=escaped)
             raise
         self._end_call(nodeid)
         self._check(item, plan, "call", test_failed=False)
@@ -164,14 +164,22 @@ class WatchHooks:
         live.settle_all()  # requests the live server is still serving belong to this test
         self.watch.end_call(nodeid)
 
-    def _check(self, item: pytest.Item, plan: markers.Plan, when: str, test_failed: bool) -> None:
+    def _check(
+        self,
+        item: pytest.Item,
+        plan: markers.Plan,
+        when: str,
+        test_failed: bool,
+        escaped: BaseException | None = None,
+    ) -> None:
         """Fail the phase that just ended with every problem found in it; when the test failed
         on its own, or in warn mode, attach them to its report instead."""
         expects = when == "call" and (plan.max_crossings is not None or plan.fanout is not None)
         if not (expects or self.watch.has_news()):
             return
         try:
-            phase = self.judge.phase(item, plan, when, self.config.get_verbosity() > 0)
+            verbose = self.config.get_verbosity() > 0
+            phase = self.judge.phase(item, plan, when, verbose, escaped)
         except Exception as exc:  # a fault of ours must not change the test's outcome
             findings.internal_error(f"judging {item.nodeid}", exc)
             return

@@ -143,3 +143,45 @@ def test_unsafe_mode_is_warned_about_in_the_header(
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     result = django_project.run("--djasync")
     result.stdout.fnmatch_lines(["*WARNING DJANGO_ALLOW_ASYNC_UNSAFE is set*"])
+
+
+def test_an_error_the_test_let_through_is_not_caught_by_it(django_project: DjangoProject) -> None:
+    """Django's test client re-raises a view's exception in the test, so the error passes
+    through the test's code on its way out: that fails the test, it is no catch on purpose.
+    The finding stays unexcused, with its fix in the test's report."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.views(VIEWS)
+    django_project.tests(
+        """
+        import pytest
+
+        from tproj.models import Author, Post
+
+        @pytest.fixture
+        def post(transactional_db):
+            return Post.objects.create(title="hello", author=Author.objects.create(name="Ada"))
+
+        @pytest.mark.asyncio
+        async def test_through_the_client(async_client, post):
+            await async_client.get("/lazy_fk/")
+
+        @pytest.mark.asyncio
+        async def test_straight_out(post):
+            Post.objects.get(title="hello")
+
+        @pytest.mark.asyncio
+        async def test_into_a_failure(post):
+            try:
+                Post.objects.get(title="hello")
+            except Exception as error:
+                raise AssertionError("no post") from error
+        """
+    )
+    result, report = django_project.report("-rA")
+    result.assert_outcomes(failed=3)
+    for test in ("test_through_the_client", "test_straight_out", "test_into_a_failure"):
+        [found] = violations(report, test)
+        assert found["kind"] == "sync-only", test
+        assert found["allowed"] is False, (test, found.get("allowed_by"))
+    assert "caught by the test" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*fix: fetch it with the query: .select_related('author')*"])
