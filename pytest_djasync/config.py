@@ -248,6 +248,11 @@ def parse_block_ms(raw: str | float) -> float:
 
 def parse_guards(raw: str) -> frozenset[str]:
     words = raw.replace(",", " ").split()
+    choices = ", ".join(("default", "none", *GUARD_GROUPS))
+    if not words:  # an empty value is more likely a slip than a wish to turn the guard off
+        raise ValueError(
+            f"no guard group given; write 'none' for no guard, or choose from: {choices}"
+        )
     chosen: set[str] = set()
     for word in words:
         if word == "default":
@@ -257,7 +262,6 @@ def parse_guards(raw: str) -> frozenset[str]:
         elif word in GUARD_GROUPS:
             chosen.add(word)
         else:
-            choices = ", ".join(("default", "none", *GUARD_GROUPS))
             raise ValueError(f"unknown guard {word!r}; choose from: {choices}")
     return frozenset(chosen)
 
@@ -280,7 +284,8 @@ def _parse_path(raw: str) -> Path | None:
 def _parse_patterns(raw: str) -> tuple[str, ...]:
     patterns = tuple(p.strip() for p in raw.splitlines() if p.strip())
     for pattern in patterns:
-        if ":" not in pattern:
+        module, _, function = pattern.partition(":")
+        if not module.strip() or not function.strip():
             raise ValueError(
                 f"{pattern!r} is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
             )

@@ -233,6 +233,18 @@ PATTERN_BAD = "is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
             f"--djasync-guard: unknown guard 'nosuch'; {GUARD_CHOICES}",
         ),
         (["-o", "djasync_guard=sleep,nosuch"], "", "-o djasync_guard: unknown guard 'nosuch';"),
+        (
+            ["--djasync-guard= , "],
+            "",
+            "--djasync-guard: no guard group given; write 'none' for no guard, or "
+            + GUARD_CHOICES,
+        ),
+        (["--djasync-allow=:"], "", f"--djasync-allow: ':' {PATTERN_BAD}"),
+        (
+            [],
+            "djasync_allow = myapp.legacy:",
+            f"djasync_allow in pytest.ini: 'myapp.legacy:' {PATTERN_BAD}",
+        ),
         ([], "djasync_allow = nocolon", f"djasync_allow in pytest.ini: 'nocolon' {PATTERN_BAD}"),
         (
             ["--djasync-allow=ok:*", "--djasync-allow=bad"],
