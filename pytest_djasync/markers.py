@@ -116,7 +116,41 @@ class Plan(NamedTuple):
 
 
 _PLAN_KEY = pytest.StashKey[Plan]()
+_ERROR_KEY = pytest.StashKey[str]()
 _OURS = frozenset(_HELP)
+
+
+def plan_all(config: pytest.Config, items: list[pytest.Item], default_block_ms: float) -> bool:
+    """Read every test's plan; True when some test's markers ask for watching. A bad marker
+    argument is a usage error, except in a pytest-xdist worker (see ``_SetupErrors``)."""
+    marked = False
+    errors = []
+    for item in items:
+        try:
+            marked |= plan(item, default_block_ms).asks_for_watching
+        except pytest.UsageError as exc:
+            errors.append(str(exc))
+            item.stash[_PLAN_KEY] = _unmarked(default_block_ms, False)
+            item.stash[_ERROR_KEY] = str(exc)
+    if errors and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("\n".join(errors))  # every bad marker at once, not the first
+    if errors and not config.pluginmanager.has_plugin(_SETUP_ERRORS):
+        config.pluginmanager.register(_SetupErrors(), _SETUP_ERRORS)
+    return marked
+
+
+_SETUP_ERRORS = "djasync-marker-errors"
+
+
+class _SetupErrors:
+    """A usage error raised in a pytest-xdist worker crashes the whole run with an internal
+    error that hides the message; there, each test with a bad marker errors at set-up with it."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        message = item.stash.get(_ERROR_KEY, None)
+        if message is not None:
+            pytest.fail(message, pytrace=False)
 
 
 def plan(item: pytest.Item, default_block_ms: float) -> Plan:

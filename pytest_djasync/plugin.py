@@ -33,10 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     default_ms = config.stash[SETTINGS_KEY].block_ms.value
-    marked = False
-    for item in items:  # bad marker arguments are usage errors, found before anything runs
-        marked |= markers.plan(item, default_ms).asks_for_watching
-    if marked:
+    # Bad marker arguments are usage errors, found before anything runs.
+    if markers.plan_all(config, items, default_ms):
         _watch(config)
 
 

@@ -288,6 +288,7 @@ REASON_ARGS = "@pytest.mark.djasync_allow_blocking takes one reason string, e.g.
     ("marker", "expected"),
     [
         ('djasync_block_ms("fast")', f"@pytest.mark.djasync_block_ms: 'fast' {BLOCK_MS_BAD}"),
+        ('djasync_block_ms(float("nan"))', f"@pytest.mark.djasync_block_ms: nan {BLOCK_MS_BAD}"),
         ("djasync_block_ms(-1)", f"@pytest.mark.djasync_block_ms: -1 {BLOCK_MS_BAD}"),
         ("djasync_block_ms()", BLOCK_MS_ARGS),
         ("djasync_block_ms(10, 20)", BLOCK_MS_ARGS),
@@ -323,14 +324,43 @@ def test_bad_marker_on_the_class_names_each_test(project: pytest.Pytester) -> No
         test_marked="""
         import pytest
 
-        @pytest.mark.djasync_block_ms("soon")
+        @pytest.mark.djasync_block_ms(0)
         class TestThings:
             def test_it(self):
                 pass
+
+            def test_that(self):
+                pass
         """
     )
-    assert "test_marked.py::TestThings::test_it: @pytest.mark.djasync_block_ms" in (
-        usage_error(project)
+    message = usage_error(project)
+    assert "test_marked.py::TestThings::test_it: @pytest.mark.djasync_block_ms: 0" in message
+    assert "test_marked.py::TestThings::test_that: @pytest.mark.djasync_block_ms: 0" in message
+
+
+def test_bad_marker_under_xdist_errors_the_test_with_the_message(
+    project: pytest.Pytester,
+) -> None:
+    """A usage error raised in a pytest-xdist worker crashes the run and hides the message;
+    there the marked test errors at set-up with it, and the others run."""
+    pytest.importorskip("xdist")
+    project.makepyfile(
+        test_marked="""
+        import pytest
+
+        def test_fine():
+            pass
+
+        @pytest.mark.djasync_block_ms(-1)
+        def test_it():
+            pass
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--djasync")
+    result.assert_outcomes(passed=2, errors=1)  # test_plain.py's test and test_fine
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        ["*ERROR at setup of test_it*", f"test_marked.py::test_it: *: -1 {BLOCK_MS_BAD}"]
     )
 
 
