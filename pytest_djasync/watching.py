@@ -121,6 +121,18 @@ class WatchHooks:
                 self.watch.stop()  # a marked test in an unwatched run: leave no trace after it
 
     @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        except BaseException as escaped:
+            # The test errors here and never gets a call phase: what set-up found is told with
+            # this error, not as a second one at teardown.
+            running = self._watched(item)
+            if running is not None:
+                self._check(item, running.plan, "setup", test_failed=True, escaped=escaped)
+            raise
+
+    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         running = self._watched(item)
         if running is None:

@@ -185,3 +185,39 @@ def test_an_error_the_test_let_through_is_not_caught_by_it(django_project: Djang
         assert found["allowed"] is False, (test, found.get("allowed_by"))
     assert "caught by the test" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*fix: fetch it with the query: .select_related('author')*"])
+
+
+def test_an_error_in_an_async_fixture_is_one_error_with_its_fix(
+    django_project: DjangoProject,
+) -> None:
+    """The fixture's error stops the test at set-up: the finding is told with that error, not
+    as a second error at teardown."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.tests(
+        """
+        import pytest
+        import pytest_asyncio
+
+        from tproj.models import Author
+
+        @pytest_asyncio.fixture
+        async def author(transactional_db):
+            return Author.objects.create(name="Ada")
+
+        @pytest.mark.asyncio
+        async def test_it(author):
+            pass
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_it*",
+            "*QuerySet.create() on the event loop raised SynchronousOnlyOperation*",
+            "*fix: await the async method .acreate(...) instead",
+        ]
+    )
+    assert "ERROR at teardown" not in result.stdout.str()
+    [found] = violations(report, "test_it")
+    assert found["allowed"] is False
