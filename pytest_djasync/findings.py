@@ -97,7 +97,6 @@ class Collector:
     def __init__(self, nodeid: str, allow: Sequence[str] = ()) -> None:
         self.nodeid = nodeid
         self._allow = tuple(allow)
-        self.matched_patterns: set[str] = set()
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, str, Frame | None], Finding] = {}
         self._notes: dict[str, list[Any]] = {}  # key -> [first text, times seen]
@@ -107,7 +106,6 @@ class Collector:
         with self._lock:
             if pattern is not None:
                 finding.allowed_by = pattern
-                self.matched_patterns.add(pattern)
             known = self._by_key.get(finding.key)
             if known is None:
                 self._by_key[finding.key] = finding

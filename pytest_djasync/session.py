@@ -55,7 +55,6 @@ class Watch:
         self._guard = Guard(guards)
         self._collector: Collector | None = None
         self.records: dict[str, TestRecord] = {}
-        self.matched_patterns: set[str] = set()
         self._block_ms_now = block_ms
         self._patches: list[patching.Patch] = []
         self.running = False
@@ -159,7 +158,6 @@ class Watch:
         if collector is not None and not collector.empty:  # a clean test has nothing to move
             _move_findings(collector, record)
             _move_notes(collector, record)
-            self.matched_patterns |= collector.matched_patterns
         if record.reported:
             del self.records[nodeid]  # its entry says it all; keep none of its objects alive
         return record
@@ -168,9 +166,6 @@ class Watch:
         """Tests not reported yet: one cut short by Ctrl-C, with what it found so far."""
         self.take()
         return [record for record in self.records.values() if not record.reported]
-
-    def unmatched_patterns(self) -> list[str]:
-        return [p for p in self.allow if p not in self.matched_patterns]
 
 
 def _move_findings(collector: Collector, record: TestRecord) -> list[Finding]:

@@ -288,7 +288,9 @@ class WatchHooks:
         if costly:
             lines += ["costliest requests by sync/async crossings:", *costly]
         lines += self._stale()
-        lines += [f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched()]
+        lines += [
+            f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched(entries)
+        ]
         errors = [*self._worker_errors, *findings.take_internal_errors()]
         if not (lines or errors):
             return
@@ -314,8 +316,13 @@ class WatchHooks:
             lines.append(f"{not_run} {_NOT_RUN}")
         return lines
 
-    def _unmatched(self) -> list[str]:
-        return self.watch.unmatched_patterns() if self.enabled else []
+    def _unmatched(self, entries: list[report.Entry]) -> list[str]:
+        """Patterns no finding of the run names: read off the entries, which the pytest-xdist
+        workers' findings reach too."""
+        if not self.enabled:
+            return []
+        used = {v.get("allowed_by") for entry in entries for v in entry["violations"]}
+        return [p for p in self.settings.allow.value if p not in used]
 
 
 INTERNAL_ERRORS = "djasync_internal_errors"  # a worker's faults, on a report or its workeroutput

@@ -1342,7 +1342,13 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
     result.assert_outcomes(passed=2)
 
 
-def test_allow_blocking_marker_and_allow_patterns(django_project: DjangoProject) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_allow_blocking_marker_and_allow_patterns(
+    django_project: DjangoProject, workers: list[str]
+) -> None:
+    """Under pytest-xdist too: a pattern is matched in a worker, and the controller says so."""
+    if workers:
+        pytest.importorskip("xdist")
     django_project.module(
         "tproj/legacy.py",
         """
@@ -1375,11 +1381,12 @@ def test_allow_blocking_marker_and_allow_patterns(django_project: DjangoProject)
             time.sleep(0.001)
         """
     )
-    result, report = django_project.report()
+    result, report = django_project.report(*workers)
     result.assert_outcomes(passed=2, failed=1)
     [allowed] = violations(report, "test_allowed_by_pattern")
     assert allowed["allowed"] is True
     result.stdout.fnmatch_lines(["*djasync_allow pattern 'nothing.here:*' matched no finding*"])
+    assert "'tproj.legacy:fetch' matched no finding" not in result.stdout.str()
 
 
 def test_threshold_marker_and_opt_in_without_the_flag(django_project: DjangoProject) -> None:
