@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_djasync._io import write_text_atomically
+from pytest_djasync.findings import KINDS
 
 Key = tuple[str, str, str, str]
 
@@ -41,16 +42,10 @@ class Baseline:
         if not path.exists():
             return cls()
         keys = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_read_lines(path), 1):
             if not line.strip() or line.startswith("#"):
                 continue
-            fields = line.split("\t")
-            if len(fields) != 4:
-                raise ValueError(
-                    f"{path}:{number}: expected 4 tab-separated fields (node id, kind, where,"
-                    f" what), found {len(fields)}: {line!r}"
-                )
-            keys.append((fields[0], fields[1], fields[2], fields[3]))
+            keys.append(_parse_line(line, f"{path}:{number}"))
         return cls(keys)
 
     def knows(self, finding_key: Key) -> bool:
@@ -73,6 +68,30 @@ class Baseline:
         present = {f for f in {_test_file(k[0]) for k in unrun} if (root / f).is_file()}
         kept = sorted(k for k in unrun if _test_file(k[0]) in present)
         return kept, len(unrun) - len(kept)
+
+
+def _read_lines(path: Path) -> list[str]:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file path such as djasync-baseline.txt")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not a UTF-8 text file (byte {exc.start}: {exc.reason});"
+            " is it a baseline file?"
+        ) from None
+
+
+def _parse_line(line: str, where: str) -> Key:
+    fields = line.split("\t")
+    if len(fields) != 4:
+        raise ValueError(
+            f"{where}: expected 4 tab-separated fields (node id, kind, where, what),"
+            f" found {len(fields)}: {line!r}"
+        )
+    if fields[1] not in KINDS:  # a typo would match nothing and excuse nothing, silently
+        raise ValueError(f"{where}: unknown kind {fields[1]!r}; choose from: {', '.join(KINDS)}")
+    return fields[0], fields[1], fields[2], fields[3]
 
 
 def _test_file(nodeid: str) -> str:

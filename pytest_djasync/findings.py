@@ -24,6 +24,7 @@ BLOCKING_CALL = "blocking-call"
 CROSSINGS = "crossings"  # a djasync_max_crossings budget exceeded
 FANOUT = "fanout"  # a djasync_fanout expectation not met
 SYNC_ONLY = "sync-only"  # Django raised SynchronousOnlyOperation
+KINDS = (STALL, BLOCKING_CALL, SYNC_ONLY, CROSSINGS, FANOUT)
 
 _MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
 

@@ -63,14 +63,17 @@ class Results:
                 )
         return result
 
-    def keys(self, *, failing_only: bool) -> set[Key]:
-        """Baseline keys of the findings: all of them, or those not excused otherwise."""
+    def keys(self, *, to_record: bool) -> set[Key]:
+        """Baseline keys of the findings: all of them; or, ``to_record``, those a baseline
+        holds: not excused otherwise, and not of a test that xfailed (its marker expects the
+        failure already; a baseline entry would make a strict xfail pass, and fail)."""
+        outcomes = self._outcomes
         return {
-            key(entry["nodeid"], violation)
-            for entry in self._entries.values()
-            if entry is not None
+            key(nodeid, violation)
+            for nodeid, entry in self._entries.items()
+            if entry is not None and not (to_record and outcomes.get(nodeid) == "skipped")
             for violation in entry["violations"]
-            if not failing_only or violation.get("allowed_by") in (None, "baseline")
+            if not to_record or violation.get("allowed_by") in (None, "baseline")
         }
 
 

@@ -274,8 +274,9 @@ class WatchHooks:
             self._baseline_lines = [f"baseline not rewritten: the run stopped early ({path})"]
             return
         kept, dropped = self.recorded.kept(self.results.ran(), self.root)
-        baseline.write(path, self.results.keys(failing_only=True).union(kept))
-        self._baseline_lines = _kept_lines(kept, dropped)
+        keys = self.results.keys(to_record=True).union(kept)
+        baseline.write(path, keys)
+        self._baseline_lines = _kept_lines(path, len(keys), kept, dropped)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self._controller:
@@ -309,7 +310,7 @@ class WatchHooks:
         if not self.known.keys:
             return []
         ran = self.results.ran()
-        gone = self.known.stale(self.results.keys(failing_only=False), ran)
+        gone = self.known.stale(self.results.keys(to_record=False), ran)
         lines = ["known finding no longer seen: " + "\t".join(k) for k in gone]
         not_run = self.known.not_run(ran)
         if not_run:
@@ -338,12 +339,12 @@ def _send_internal_errors(config: pytest.Config, carrier: dict[str, object]) -> 
 
 _NOT_RUN = (
     "known finding(s) of tests that did not run: deselected, skipped or removed"
-    " (then delete their lines)"
+    " (delete the lines of removed tests)"
 )
 
 
-def _kept_lines(kept: list[baseline.Key], dropped: int) -> list[str]:
-    lines = []
+def _kept_lines(path: Path, written: int, kept: list[baseline.Key], dropped: int) -> list[str]:
+    lines = [f"baseline: wrote {written} finding(s) to {path}"]
     if kept:
         lines.append(f"baseline: kept {len(kept)} {_NOT_RUN}")
     if dropped:

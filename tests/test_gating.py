@@ -73,6 +73,7 @@ def test_baseline_round_trip(django_project: DjangoProject) -> None:
         "--djasync", "--djasync-baseline=baseline.txt", "--djasync-baseline-write"
     )
     written.assert_outcomes(passed=1, failed=2)  # writing records findings; it does not hide them
+    written.stdout.fnmatch_lines(["baseline: wrote 2 finding(s) to */baseline.txt"])
     lines = (django_project.path / "baseline.txt").read_text().splitlines()
     entries = [line.split("\t") for line in lines if not line.startswith("#")]
     assert entries == sorted(entries)
@@ -154,6 +155,30 @@ def _baseline_tests(path: Path) -> list[str]:
     return [line.split("\t")[0].split("::")[1] for line in lines if not line.startswith("#")]
 
 
+def test_an_xfailed_test_stays_out_of_the_baseline(django_project: DjangoProject) -> None:
+    """A test marked to fail on its finding expects that failure already: a baseline entry
+    would excuse the finding, and a strict xfail would then fail as XPASS."""
+    django_project.tests(
+        SUITE
+        + """
+
+from pytest_djasync import AsyncSafetyFailure
+
+
+@pytest.mark.xfail(raises=AsyncSafetyFailure, strict=True)
+@pytest.mark.asyncio
+async def test_known_to_block():
+    time.sleep(0.001)
+"""
+    )
+    args = ("--djasync", "--djasync-baseline=baseline.txt")
+    django_project.run(*args, "--djasync-baseline-write").assert_outcomes(
+        passed=1, failed=2, xfailed=1
+    )
+    assert "test_known_to_block" not in (django_project.path / "baseline.txt").read_text()
+    django_project.run(*args).assert_outcomes(passed=3, xfailed=1)
+
+
 def test_baseline_survives_unrelated_edits(django_project: DjangoProject) -> None:
     django_project.tests(SUITE)
     django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
@@ -174,6 +199,33 @@ def test_malformed_baseline_is_a_usage_error(django_project: DjangoProject) -> N
     rewrite.stderr.fnmatch_lines(
         ["*expected 4 tab-separated*(delete the file to write a new one)"]
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b"t.py::t\tblockingcall\tt.py:t\ttime.sleep\n",
+            "*/b.txt:1: unknown kind 'blockingcall'; choose from: stall, blocking-call, sync-only,"
+            " crossings, fanout",
+        ),
+        (b"\xff\xfe\x00", "*/b.txt is not a UTF-8 text file (byte 0: invalid start byte)*"),
+        (None, "*/b.txt is a directory; give a file path such as djasync-baseline.txt"),
+    ],
+    ids=["unknown-kind", "not-utf8", "directory"],
+)
+def test_unreadable_baseline_is_a_usage_error_naming_the_file(
+    django_project: DjangoProject, content: bytes | None, expected: str
+) -> None:
+    django_project.tests(SUITE)
+    path = django_project.path / "b.txt"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    result = django_project.run("--djasync", "--djasync-baseline=b.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-djasync: --djasync-baseline: {expected}"])
 
 
 def test_baseline_write_needs_a_path(django_project: DjangoProject) -> None:
