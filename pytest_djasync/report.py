@@ -64,13 +64,14 @@ Entry = dict[str, Any]  # one test's part of the JSON report
 
 def summary_lines(entries: Iterable[Entry]) -> list[str]:
     """Findings grouped by the user's code location, with the tests that hit them."""
-    groups: dict[tuple[str, str], list[tuple[str, Entry]]] = defaultdict(list)
+    groups: dict[tuple[_Where, str], list[tuple[str, Entry]]] = defaultdict(list)
     for entry in entries:
         for violation in entry["violations"]:
-            groups[(_place(violation), violation["kind"])].append((entry["nodeid"], violation))
+            groups[(_where(violation), violation["kind"])].append((entry["nodeid"], violation))
     lines = []
-    for (place, kind), hits in sorted(groups.items()):
+    for (_, kind), hits in sorted(groups.items()):  # by path, then line as a number
         first = hits[0][1]
+        place = _place(first)
         reasons = {v.get("allowed_by") for _, v in hits}
         excused = "" if None in reasons else f" [{', '.join(sorted(map(str, reasons)))}]"
         lines.append(f"{place}: {kind} {first.get('what', '')}{excused}")
@@ -104,6 +105,17 @@ def totals_line(entries: Iterable[Entry], watched: int) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+_Where = tuple[bool, str, int, str]
+
+
+def _where(violation: Entry) -> _Where:
+    """A location's sort key: findings with none come last."""
+    location = violation.get("location")
+    if not location:
+        return (True, "", 0, "")
+    return (False, location["path"], location["line"], location["function"])
 
 
 def _place(violation: Entry) -> str:

@@ -278,9 +278,11 @@ class WatchHooks:
         baseline.write(path, keys)
         self._baseline_lines = _kept_lines(path, len(keys), kept, dropped)
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self._controller:
-            return
+    def pytest_terminal_summary(
+        self, terminalreporter: pytest.TerminalReporter, exitstatus: int
+    ) -> None:
+        if not self._controller or exitstatus == pytest.ExitCode.USAGE_ERROR:
+            return  # a usage error ran no test: a summary of nothing would bury the message
         # A clean test's entry adds nothing here: only count those.
         entries = self.results.entries(None, detailed=self._detailed)
         tests = len(self.results) if self.enabled else len(entries)

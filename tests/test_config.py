@@ -338,6 +338,25 @@ def test_bad_marker_on_the_class_names_each_test(project: pytest.Pytester) -> No
     assert "test_marked.py::TestThings::test_that: @pytest.mark.djasync_block_ms: 0" in message
 
 
+def test_a_usage_error_prints_no_summary(project: pytest.Pytester) -> None:
+    """A run stopped by a bad marker ran nothing: no summary of nothing above the message."""
+    project.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.djasync_block_ms(0)
+        def test_it():
+            pass
+        """
+    )
+    result = project.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--djasync", "--djasync-allow=myapp.legacy:*"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "djasync summary" not in result.stdout.str()
+    assert "matched no finding" not in result.stdout.str()
+
+
 def test_bad_marker_under_xdist_errors_the_test_with_the_message(
     project: pytest.Pytester,
 ) -> None:

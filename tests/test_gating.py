@@ -380,3 +380,18 @@ def test_a_clean_test_needs_no_entry_of_its_own(detailed: bool) -> None:
         "fanout": {"requests": 0, "peak_concurrency": 0},
     }
     assert json.dumps(report.empty_entry("t.py::test", detailed)) == json.dumps(expected)
+
+
+def test_the_summary_orders_locations_by_line_number() -> None:
+    def hit(line: int) -> dict[str, Any]:
+        location = {"path": "shop/views.py", "line": line, "function": f"view_{line}"}
+        return {"kind": "blocking-call", "location": location, "what": "time.sleep", "fix": "-"}
+
+    nowhere = {**hit(9), "location": None}
+    entries = [{"nodeid": "t.py::t", "violations": [hit(140), nowhere, hit(61)]}]
+    places = [line for line in report.summary_lines(entries) if not line.startswith(" ")]
+    assert places == [
+        "shop/views.py:61 in view_61: blocking-call time.sleep",
+        "shop/views.py:140 in view_140: blocking-call time.sleep",
+        "<unknown location>: blocking-call time.sleep",
+    ]
