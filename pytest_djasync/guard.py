@@ -41,6 +41,12 @@ def _positive_delay(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return not args or args[0] != 0  # time.sleep(0) merely yields the GIL
 
 
+def _process_running(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # Waiting on a process already reaped returns at once: subprocess.run's last wait(), after
+    # communicate() (the call that blocked, reported already), is no second finding.
+    return getattr(args[0], "returncode", None) is None
+
+
 def _is_the_loops_selector(selector: Any) -> bool:
     # The loop waits in its own selector between steps, and inside one when nest_asyncio
     # re-enters it; any other selector's select() blocks the loop.
@@ -109,7 +115,7 @@ TARGETS: tuple[Target, ...] = (
         )
         for selector in ("_PollLikeSelector", "EpollSelector", "DevpollSelector", "KqueueSelector")
     ),
-    Target("subprocess", "subprocess", "Popen", "wait", "subprocess.Popen.wait"),
+    Target("subprocess", "subprocess", "Popen", "wait", "subprocess.Popen.wait", _process_running),
     Target("subprocess", "subprocess", "Popen", "communicate", "subprocess.Popen.communicate"),
     Target("http", "requests", "Session", "send", "requests.Session.send"),
     Target(

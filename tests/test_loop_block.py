@@ -223,13 +223,19 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
 
 
 @pytest.mark.parametrize(
-    ("view", "call"), [("with_requests", "requests.Session.send"), ("with_httpx_get", "httpx.get")]
+    ("view", "call"),
+    [
+        ("with_requests", "requests.Session.send"),
+        ("with_httpx_get", "httpx.get"),
+        ("subprocess_run", "subprocess.Popen.communicate"),
+    ],
 )
 def test_nested_blocking_calls_are_reported_once(
     django_project: DjangoProject, view: str, call: str
 ) -> None:
     """requests -> urllib3 -> http.client -> socket: one finding, for the outermost call. So is
-    httpx.get(), whose client (and its SSL context, tens of ms of CPU) is built inside it."""
+    httpx.get(), whose client (and its SSL context, tens of ms of CPU) is built inside it; and
+    subprocess.run(), whose wait() on the process communicate() reaped blocks nothing."""
     django_project.views(BLOCKING_VIEWS)
     django_project.module("conftest.py", UPSTREAM)
     django_project.tests(BLOCKING_TESTS)
