@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import CodeType
 from typing import Any
 
@@ -40,6 +42,7 @@ class Crossing:
     caller_self: Any  # ``self`` of the calling frame, to spot the middleware behind an adapter
     request: str | None
     thread: str
+    outer_loop: bool = False  # async_to_sync: runs on the loop of an enclosing sync_to_async
     _explained: tuple[str, str] | None = None
 
     @property
@@ -50,6 +53,11 @@ class Crossing:
     def detail(self) -> str:
         return self._explain()[1]
 
+    @property
+    def wrapped(self) -> str:
+        """The wrapped callable's name, as the listings show it."""
+        return callable_name(self.func)
+
     def _explain(self) -> tuple[str, str]:
         if self._explained is None:
             self._explained = attribute(self)
@@ -58,13 +66,13 @@ class Crossing:
     def user_line(self) -> str | None:
         for code, line, _ in self.callers:
             if findings.is_user_path(code.co_filename):
-                return f"{code.co_filename}:{line}"
+                return f"{_shown(code.co_filename)}:{line}"
         return None
 
     def line(self, root: Any = None) -> str:
         sensitive = "thread_sensitive" if self.thread_sensitive else "any thread"
         if self.direction == ASYNC_TO_SYNC:
-            sensitive = "new loop"
+            sensitive = "outer loop" if self.outer_loop else "new loop"
         request = f" while serving {self.request}" if self.request else ""
         return f"{self.origin}: {self.detail} [{self.direction}, {sensitive}]{request}"
 
@@ -118,21 +126,33 @@ def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
     while frame is not None and len(callers) < _CALLER_DEPTH:
         callers.append((frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?")))
         frame = frame.f_back
-    caller_self = caller.f_locals.get("self") if direction == ASYNC_TO_SYNC else None
+    a2s = direction == ASYNC_TO_SYNC
     crossing = Crossing(
         direction,
         bool(getattr(adapter, "_thread_sensitive", False)),
         func,
         callers,
-        caller_self,
+        caller.f_locals.get("self") if a2s else None,
         findings.current_request.get(),
         threading.current_thread().name,
+        a2s and _runs_on_outer_loop(adapter),
     )
     for recorder in recorders:
         if recorder.explain:
             recorder.crossings.append(crossing)
         else:
             recorder._requests.append(crossing.request)
+
+
+def _runs_on_outer_loop(adapter: Any) -> bool:
+    """Whether asgiref will run this AsyncToSync call on the loop of the SyncToAsync call that
+    started this thread (as it does under Django's ASGI handler), not on a new loop."""
+    if getattr(adapter, "force_new_loop", False):
+        return False
+    local = SyncToAsync.threadlocal
+    loop = getattr(local, "main_event_loop", None)
+    same_process = getattr(local, "main_event_loop_pid", None) == os.getpid()
+    return loop is not None and same_process and not loop.is_closed()
 
 
 def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -247,9 +267,10 @@ def attribute(crossing: Crossing) -> tuple[str, str]:
     owner = getattr(func, "__self__", None)
     if owner is not None and _is_middleware(owner) and getattr(func, "__name__", "") in _HOOKS:
         return "middleware", f"{type(owner).__qualname__}.{func.__name__} (MiddlewareMixin hook)"
-    if _is_middleware(func):
+    caller_is_middleware = _is_middleware(crossing.caller_self)
+    if _is_middleware(func) and not caller_is_middleware:
         return "middleware", f"mode adapter around {type(func).__qualname__}"
-    if _is_middleware(crossing.caller_self):
+    if caller_is_middleware:  # a sync-only middleware calls the async rest of the chain
         return "middleware", f"mode adapter below {type(crossing.caller_self).__qualname__}"
     if _is_chain_link(crossing.func):  # function middleware: no instance holds get_response
         if not hasattr(owner, "load_middleware"):
@@ -270,6 +291,12 @@ def _is_chain_link(func: Any) -> bool:
     return bool(globals_.get("__name__") == "django.core.handlers.exception")
 
 
+def _shown(path: str) -> str:
+    """A user's file as listings show it: relative to the working directory (the project's
+    root, as a rule) when inside it."""
+    return findings.Frame(path, 0, "", "").relative_path(Path.cwd())
+
+
 def _qualname(code: CodeType) -> str:
     return getattr(code, "co_qualname", code.co_name)
 
@@ -279,7 +306,7 @@ def _by_caller(crossing: Crossing) -> tuple[str, str]:
         if module.startswith(_ASGIREF):
             continue
         if findings.is_user_path(code.co_filename):
-            return "user", f"{callable_name(crossing.func)} at {code.co_filename}:{line}"
+            return "user", f"{callable_name(crossing.func)} at {_shown(code.co_filename)}:{line}"
         origin = _django_origin(module, code.co_name)
         if origin is not None:
             return origin, _django_detail(origin, crossing, code)

@@ -36,7 +36,7 @@ else:  # Django 4.2 wraps Signal.send itself, in the handler or in the test clie
     STARTED = "handler: Signal.send"
     STARTED_BY_TEST_CLIENT = "test-client: Signal.send"
 S2A = "[sync_to_async, thread_sensitive]"
-A2S = "[async_to_sync, new loop]"
+A2S = "[async_to_sync, outer loop]"  # asgiref runs it on the loop of the request
 CLOSED = f"handler: HttpResponse.close {S2A}"
 # A caller is named from its code object, which knows its qualified name from Python 3.11 on.
 QUALIFIED = sys.version_info >= (3, 11)
@@ -303,9 +303,12 @@ def test_async_view_behind_alternating_middleware(django_project: DjangoProject)
     # 1 request_started + 6 adapters, one per sync/async boundary (handler->SyncOne, SyncOne->
     # AsyncOne, ..., SyncThree->AsyncThree; AsyncThree->view is async to async) + 1 response.close
     assert found[:2] == (8, {"middleware": 6, "handler": 2})
+    # Each boundary is put on the sync-only middleware, the one to make async-capable.
     adapters = [
-        f"middleware: mode adapter around {name} {A2S if name.startswith('Async') else S2A}"
-        for name in chain
+        f"middleware: mode adapter around {name} {S2A}"
+        if name.startswith("Sync")
+        else f"middleware: mode adapter below {previous} {A2S}"
+        for previous, name in zip(["-", *chain[:-1]], chain, strict=True)
     ]
     assert_lines(found.lines, [f"{STARTED} {S2A}", *adapters, CLOSED], "GET /hello/")
 
@@ -395,7 +398,7 @@ def test_users_own_adapters_are_attributed_to_their_line(django_project: DjangoP
     result, report = django_project.report(*REPORT_ARGS)
     result.assert_outcomes(passed=2)
     stdout = result.stdout.str()
-    here = "*/test_scenario.py"
+    here = "test_scenario.py"  # relative to the working directory, the project's root
     first = line_of(USER_TESTS, "sync_to_async(work)()")
     loop = line_of(USER_TESTS, "thread_sensitive=False")
     found = counted(report, stdout, "test_async_body")
@@ -411,7 +414,8 @@ def test_users_own_adapters_are_attributed_to_their_line(django_project: DjangoP
     # 1 async_to_sync: a new event loop in a new thread for one coroutine
     assert found[:2] == (1, {"user": 1})
     line = line_of(USER_TESTS, "async_to_sync(awork)()")
-    assert_lines(found.lines, [f"user: test_scenario.awork at {here}:{line} {A2S}"], None)
+    new_loop = "[async_to_sync, new loop]"  # no sync_to_async around it: a loop of its own
+    assert_lines(found.lines, [f"user: test_scenario.awork at {here}:{line} {new_loop}"], None)
 
 
 # -- budgets --------------------------------------------------------------------------------------
@@ -459,7 +463,7 @@ def test_marker_passes_at_the_exact_count_and_fails_one_below(
     django_project.tests(BUDGET_TESTS)
     result = django_project.run()  # no --djasync: the marker alone turns counting on
     result.assert_outcomes(passed=2, failed=2)
-    s2a, a2s = "?sync_to_async, thread_sensitive?", "?async_to_sync, new loop?"
+    s2a, a2s = "?sync_to_async, thread_sensitive?", "?async_to_sync, outer loop?"
     served = " while serving GET /hello/"
     result.stdout.fnmatch_lines(
         [
@@ -523,13 +527,22 @@ async def test_recorder(asgi_client, settings, djasync_crossings, djasync_assert
     assert [(c.origin, c.direction, c.thread_sensitive) for c in block.crossings] == [
         ("handler", "sync_to_async", True),  # request_started
         ("middleware", "sync_to_async", True),  # into the sync chain
-        ("middleware", "async_to_sync", False),  # out of it; a new loop, no thread affinity
+        ("middleware", "async_to_sync", False),  # out of it, back on the loop
         ("handler", "sync_to_async", True),  # response.close
     ]
     assert [c.detail for c in block.crossings][1:3] == [
         "mode adapter around SyncOne",
         "mode adapter below SyncThree",
     ]
+    assert block.crossings[1].wrapped == "tproj.middleware.SyncOne instance"
+    assert [c.outer_loop for c in block.crossings] == [False, False, True, False]
+
+
+@pytest.mark.asyncio
+async def test_below_djangos_floor(asgi_client, settings, djasync_assert_max_crossings):
+    settings.MIDDLEWARE = []
+    with djasync_assert_max_crossings(1):
+        await asgi_client.get("/hello/")
 """
 
 
@@ -537,13 +550,21 @@ def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) 
     project(django_project)
     django_project.tests(FIXTURE_TESTS)
     result = django_project.run()
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*test_block_over_budget*",
             "pytest-djasync: 4 sync/async crossings in the block, more than the 3 allowed",
             "  3. middleware: mode adapter below SyncThree *",
             "2 of them avoidable:",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*test_below_djangos_floor*",
+            "pytest-djasync: 2 sync/async crossings in the block, more than the 1 allowed",
+            "none of them avoidable from the project: Django's handler and the test client pay"
+            " these on every request; allow at least 2",
         ]
     )
 
