@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import math
 import sys
 import threading
 import time
@@ -124,6 +125,9 @@ class Recorder:
         return None
 
     def assert_concurrent(self, at_least: int, within: float | None = None) -> None:
+        wrong = expectation_problem(at_least, within)
+        if wrong is not None:
+            raise ValueError(f"assert_concurrent: {wrong}; e.g. assert_concurrent(3, within=1.5)")
         problem = self.check(at_least, within)
         if problem is not None:
             raise AssertionError(timeline(self, problem))
@@ -133,6 +137,19 @@ class Recorder:
 
     def __iter__(self) -> Iterator[Call]:
         return iter(list(self.calls))
+
+
+def expectation_problem(at_least: object, within: object) -> str | None:
+    """What is wrong with a fan-out expectation (the marker's or the fixture's), or None."""
+    if not isinstance(at_least, int) or isinstance(at_least, bool) or at_least < 1:
+        return f"n must be a whole number >= 1, got {at_least!r}"
+    if within is None:
+        return None
+    if isinstance(within, bool) or not isinstance(within, (int, float)):
+        return f"within must be a number >= 1, got {within!r}"
+    if not 1 <= within < math.inf:  # NaN compares false both ways: it would pass any check
+        return f"within must be a finite factor >= 1, got {within!r}"
+    return None
 
 
 def timeline(recorder: Recorder, headline: str, width: int = 40) -> str:

@@ -9,6 +9,7 @@ hand-written side effects.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -22,8 +23,14 @@ _ASYNC_RESOLVER = "aresolve"  # respx's async route resolution; it awaits what w
 
 def latency(seconds: float, status_code: int = 200, **response: Any) -> Callable[..., Any]:
     """A respx side effect: ``httpx.Response(status_code, **response)`` after ``seconds``."""
-    if seconds < 0:
-        raise ValueError(f"latency: {seconds!r} is negative; give a delay in seconds, e.g. 0.05")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(
+            f"latency: {seconds!r} is not a number; give a delay in seconds, e.g. 0.05"
+        )
+    if not 0 <= seconds < math.inf:  # NaN too: it would fail later, inside time.sleep
+        raise ValueError(
+            f"latency: {seconds!r} is not a delay; give a finite number of seconds >= 0, e.g. 0.05"
+        )
 
     def side_effect(request: httpx.Request, **context: Any) -> Any:
         # respx passes a pattern's named groups (url__regex=r".../(?P<id>\d+)") as keywords

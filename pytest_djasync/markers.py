@@ -83,19 +83,14 @@ def fanout(item: pytest.Item) -> tuple[int, float | None] | None:
         f" within=<factor >= 1>, e.g. @pytest.mark.{FANOUT}(3, within=1.5);"
         f" got args={marker.args} kwargs={marker.kwargs}"
     )
+    from pytest_djasync.fanout import expectation_problem  # httpx: only for a marked test
+
     within = marker.kwargs.get("within")
     at_least = marker.args[0] if len(marker.args) == 1 else None
-    if (
-        set(marker.kwargs) - {"within"}
-        or not isinstance(at_least, int)
-        or isinstance(at_least, bool)
-        or at_least < 1
-    ):
-        raise pytest.UsageError(usage)
-    if within is not None and (
-        not isinstance(within, (int, float)) or isinstance(within, bool) or within < 1
-    ):
-        raise pytest.UsageError(usage)
+    wrong = expectation_problem(at_least, within)
+    if set(marker.kwargs) - {"within"} or wrong is not None:
+        raise pytest.UsageError(usage if wrong is None else f"{usage} ({wrong})")
+    assert isinstance(at_least, int)
     return at_least, None if within is None else float(within)
 
 

@@ -14,12 +14,14 @@ HTTP server on 127.0.0.1). Every assertion is structural, never a timing:
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 import pytest
 
 import pytest_djasync
+from pytest_djasync import fanout
 from tests.conftest import DjangoProject
 
 # The outbound API lives at {base}a, {base}b, ...: respx mocks https://api.test/ unless a test
@@ -397,7 +399,9 @@ def test_requests_into_the_app_are_not_counted(project: DjangoProject) -> None:
 # -- 9: marker arguments -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arguments", ["", "0", "3, within=0.5", "3, bogus=1"])
+@pytest.mark.parametrize(
+    "arguments", ["", "0", "3, within=0.5", "3, bogus=1", "3, within=float('nan')", "'3'"]
+)
 def test_bad_marker_arguments_are_usage_errors(project: DjangoProject, arguments: str) -> None:
     project.tests(
         f"""
@@ -472,6 +476,33 @@ def test_latency_answers_sync_clients_in_threads_and_async_clients(
     assert [t["violations"] for t in report["tests"]] == [[], []]
 
 
-def test_latency_rejects_a_negative_delay() -> None:
-    with pytest.raises(ValueError, match=r"latency: -0\.1 is negative"):
-        pytest_djasync.latency(-0.1)
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (-0.1, r"latency: -0\.1 is not a delay; give a finite number of seconds >= 0"),
+        (float("nan"), r"latency: nan is not a delay"),
+        (float("inf"), r"latency: inf is not a delay"),
+        ("0.1", r"latency: '0\.1' is not a number; give a delay in seconds"),
+        (True, r"latency: True is not a number"),
+    ],
+)
+def test_latency_rejects_what_is_not_a_delay(seconds: Any, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        pytest_djasync.latency(seconds)
+
+
+@pytest.mark.parametrize(
+    ("at_least", "within", "expected"),
+    [
+        (0, None, "n must be a whole number >= 1, got 0"),
+        ("3", None, "n must be a whole number >= 1, got '3'"),
+        (3, 0.5, "within must be a finite factor >= 1, got 0.5"),
+        (3, float("nan"), "within must be a finite factor >= 1, got nan"),
+        (3, "2", "within must be a number >= 1, got '2'"),
+    ],
+)
+def test_assert_concurrent_rejects_bad_arguments(
+    at_least: Any, within: Any, expected: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"assert_concurrent: {expected}; e.g.")):
+        fanout.Recorder().assert_concurrent(at_least, within)
