@@ -51,7 +51,7 @@ class Settings(NamedTuple):
             f"  block_ms={self.block_ms.value:g} [{self.block_ms.source}]",
             f"  report={self.report.value or 'none'} [{self.report.source}]",
             f"  guard={guards} [{self.guard.source}]",
-            f"  db_thread={'on' if self.db_thread.value else 'off'} [{self.db_thread.source}]",
+            f"  db_thread={self._db_thread_state()} [{self.db_thread.source}]",
         ]
         if self.mode.value != "fail":
             lines.append(f"  mode={self.mode.value} [{self.mode.source}]")
@@ -61,6 +61,13 @@ class Settings(NamedTuple):
         if self.allow.value:
             lines.append(f"  allow={', '.join(self.allow.value)} [{self.allow.source}]")
         return lines
+
+    def _db_thread_state(self) -> str:
+        if not self.db_thread.value:
+            return "off"
+        # The thread is shared only in a --djasync run: a database test that fails with
+        # "table is locked" in a plain run should not read as if it were on.
+        return "on" if self.enabled.value else "on, unused without --djasync"
 
 
 class _Option(NamedTuple):

@@ -104,6 +104,13 @@ class Recorder:
                 "the calls were awaited one after another in one task; start them together with"
                 " asyncio.gather(...) or an asyncio.TaskGroup"
             )
+        if len(tasks) > 1 and self.peak_concurrency == 1:
+            return (
+                f"the calls came from {len(tasks)} tasks, but each was answered before the next"
+                " was sent: mocks that answer at once cannot overlap (give them a delay,"
+                " side_effect=latency(0.05)); otherwise a limit of one (asyncio.Semaphore(1),"
+                " httpx.Limits(max_connections=1)) is serializing them"
+            )
         peak = self.peak_concurrency
         if 1 < peak < len(calls):
             return (

@@ -20,7 +20,7 @@ DEFAULT_HEADER = [
     "  block_ms=100 [default]",
     "  report=none [default]",
     "  guard=dns http select sleep socket subprocess [default]",
-    "  db_thread=on [default]",
+    "  db_thread=on, unused without --djasync [default]",
 ]
 
 
@@ -111,7 +111,7 @@ def test_pyproject_ini_options(project: pytest.Pytester) -> None:
         "  block_ms=80 [djasync_block_ms in pyproject.toml]",
         "  report=none [default]",
         "  guard=sleep [djasync_guard in pyproject.toml]",
-        "  db_thread=on [default]",
+        "  db_thread=on, unused without --djasync [default]",
         "  allow=legacy.client:*, vendor.*:fetch [djasync_allow in pyproject.toml]",
     ]
 

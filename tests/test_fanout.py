@@ -187,6 +187,36 @@ def test_gather_passes_the_marker(project: DjangoProject) -> None:
     assert fanout_of(report, "test_gathered") == {"requests": 3, "peak_concurrency": 3}
 
 
+def test_gathered_calls_to_instant_mocks_name_the_mocks(project: DjangoProject) -> None:
+    """A respx route with no delay answers within the task's step: gathered calls cannot
+    overlap, and the cause says so rather than asking for the gather the view has."""
+    project.tests(
+        """
+        import httpx
+        import pytest
+
+        @pytest.fixture
+        def instant(respx_mock):
+            respx_mock.route(host="api.test").mock(return_value=httpx.Response(200))
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_gathered(asgi_client, instant):
+            assert (await asgi_client.get("/gathered/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at least 3 outbound requests in flight together, saw 1",
+            "*likely cause: the calls came from 3 tasks, but each was answered before the next"
+            " was sent: mocks that answer at once cannot overlap (give them a delay,"
+            " side_effect=latency(0.05))*",
+        ]
+    )
+
+
 def test_calls_awaited_in_sequence_fail_with_a_timeline_and_the_cause(
     project: DjangoProject,
 ) -> None:
