@@ -37,6 +37,8 @@ class Results:
 
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""
+        if when == "setup":  # an attempt begins; a rerun's outcome replaces the last one's
+            self._outcomes.pop(nodeid, None)
         if outcome != "passed":
             self._outcomes[nodeid] = _merge(self._outcomes.get(nodeid, "passed"), when, outcome)
         if when == "teardown":

@@ -122,15 +122,23 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        running = self._watched(item)
+        if running is not None and self.watch.records[running.nodeid].reported:
+            self._begin(running)  # pytest-rerunfailures runs the phases again: a new attempt
         try:
             return (yield)
         except BaseException as escaped:
             # The test errors here and never gets a call phase: what set-up found is told with
             # this error, not as a second one at teardown.
-            running = self._watched(item)
             if running is not None:
                 self._check(item, running.plan, "setup", test_failed=True, escaped=escaped)
             raise
+
+    def _begin(self, running: _Running) -> None:
+        """Start a new attempt of a test whose last one was reported: its findings are its own."""
+        plan = running.plan
+        self.watch.end_test(running.nodeid, plan.allow_reason)
+        self.watch.begin_test(running.nodeid, plan.block_ms, self.enabled or plan.block_marked)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -221,8 +229,9 @@ class WatchHooks:
     @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends the report up
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         when = report.when
-        if when != "teardown":  # only an outcome to note, and a passed phase changes none
-            if report.outcome != "passed" and self._controller:
+        if when != "teardown":  # only an outcome to note; a passed phase changes none, but a
+            # set-up starts an attempt (pytest-rerunfailures): the last attempt's outcome counts
+            if self._controller and (report.outcome != "passed" or when == "setup"):
                 self.results.add(report.nodeid, when, report.outcome, None)
             return
         nodeid = report.nodeid

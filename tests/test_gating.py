@@ -395,3 +395,37 @@ def test_the_summary_orders_locations_by_line_number() -> None:
         "shop/views.py:140 in view_140: blocking-call time.sleep",
         "<unknown location>: blocking-call time.sleep",
     ]
+
+
+def test_each_rerun_is_judged_on_its_own(django_project: DjangoProject) -> None:
+    """pytest-rerunfailures runs set-up, call and teardown again inside one protocol: each
+    attempt has findings of its own, so a test that blocks every time fails every time, and the
+    report holds the last attempt's outcome and findings."""
+    pytest.importorskip("pytest_rerunfailures")
+    django_project.tests(
+        """
+        import itertools
+        import time
+
+        import pytest
+
+        attempts = itertools.count(1)
+
+        @pytest.mark.asyncio
+        async def test_always_blocks():
+            time.sleep(0.001)
+
+        @pytest.mark.asyncio
+        async def test_blocks_once():
+            if next(attempts) == 1:
+                time.sleep(0.001)
+        """
+    )
+    result, report = django_project.report("--reruns", "2", "-p", "no:randomly")
+    outcomes = result.parseoutcomes()
+    assert (outcomes["failed"], outcomes["passed"], outcomes["rerun"]) == (1, 1, 3), outcomes
+    [always] = violations(report, "test_always_blocks")
+    assert always["count"] == 1  # the last attempt's one call, not three merged
+    assert not violations(report, "test_blocks_once")
+    final = {entry["nodeid"].split("::")[1]: entry["outcome"] for entry in report["tests"]}
+    assert final == {"test_always_blocks": "failed", "test_blocks_once": "passed"}
