@@ -347,6 +347,8 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     if blocked < _threshold_s:
         return
     samples = step.samples if step.sampled_for == start else []
+    if _stopped_in_debugger(samples):
+        return
     stack, location, note = _stall_stack(samples, handle)
     findings.record(
         Finding(
@@ -614,6 +616,16 @@ def stall_fix(stack: Stack) -> str:
         " or sync_to_async(func, thread_sensitive=False)(...); heavy CPU work belongs in a"
         " process pool"
     )
+
+
+def _stopped_in_debugger(samples: list[findings.Stack]) -> bool:
+    """True when the step waited at a debugger's prompt (``breakpoint()``): pdb's ``continue``
+    takes its trace function away before the step ends, so ``debugger_attached`` is too late."""
+    packages = {frame.module.partition(".")[0] for stack in samples for frame in stack}
+    return not packages.isdisjoint(_DEBUGGER_PACKAGES)
+
+
+_DEBUGGER_PACKAGES = frozenset({"bdb", "pdb", "ipdb", "pudb", "pydevd", "debugpy"})
 
 
 def debugger_attached() -> bool:

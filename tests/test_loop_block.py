@@ -7,9 +7,14 @@ are); stalls are made several times longer than the threshold so a busy machine 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import select
 import shutil
+import subprocess
 import sys
+import time
 
 import django
 import pytest
@@ -1727,3 +1732,46 @@ def test_a_library_imported_mid_test_is_guarded_at_once(django_project: DjangoPr
     result.assert_outcomes(failed=1)
     [only] = violations(report, "test_imports_and_calls")
     assert only["message"].startswith("blocking call requests.Session.send()"), only["message"]
+
+
+def test_time_at_a_debugger_prompt_is_no_stall(django_project: DjangoProject) -> None:
+    """``breakpoint()`` in an async test: the loop waits at the prompt for as long as the user
+    reads, and pdb's ``continue`` takes its trace function away before the step ends."""
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_paused():
+            breakpoint()
+            assert True
+
+        @pytest.mark.asyncio
+        async def test_still_watched():
+            time.sleep(0.001)
+        """
+    )
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--djasync"]
+    process = subprocess.Popen(
+        [*command, "--djasync-report=report.json"],
+        cwd=django_project.path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"(Pdb)" not in seen and time.monotonic() < deadline:
+        if select.select([process.stdout], [], [], 1)[0]:
+            seen += os.read(process.stdout.fileno(), 4096) or b""
+    assert b"(Pdb)" in seen, seen.decode(errors="replace")
+    time.sleep(0.5)  # the user reads the prompt: five thresholds
+    output, _ = process.communicate(b"c\n", timeout=120)
+    assert process.returncode == 1, (seen + output).decode(errors="replace")
+    report = json.loads((django_project.path / "report.json").read_text())
+    assert violations(report, "test_paused") == []
+    [blocking] = violations(report, "test_still_watched")
+    assert blocking["kind"] == "blocking-call"
