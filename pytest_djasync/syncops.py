@@ -9,6 +9,7 @@ QuerySet method, a Model method, an ``atomic`` block.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -80,9 +81,27 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         if code.co_filename.replace(os.sep, "/").endswith(_ORM_API):
             api = frame  # keep the outermost ORM frame: the method the user called
         frame = frame.f_back
-    if api is None:
-        return "a sync database call", "wrap the sync ORM block in sync_to_async(...) and await it"
-    return _orm_method(api)
+    what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
+    return what, _fix_in(frame, fix)
+
+
+_SYNC_CALL = "a sync database call"
+_WRAP = "wrap the sync ORM block in sync_to_async(...) and await it"
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def _fix_in(user: FrameType | None, fix: str) -> str:
+    """The fix, for the user's function that made the call: one that is sync (a helper, a
+    signal's sync receiver) cannot await anything; its async caller has to hand it off."""
+    if user is None or user.f_code.co_flags & _ASYNC_CODE:
+        return fix
+    name = getattr(user.f_code, "co_qualname", user.f_code.co_name)
+    return (
+        f"{name}() is a sync function run on the event loop: have its async caller await"
+        f" sync_to_async({name})(...) (a signal's sync receivers: await"
+        f" sync_to_async(signal.send)(...), or async receivers and Signal.asend);"
+        f" or make it async and {fix[0].lower()}{fix[1:]}"
+    )
 
 
 def _lazy_relation(frame: FrameType) -> tuple[str, str]:
@@ -107,7 +126,7 @@ def _orm_method(frame: FrameType) -> tuple[str, str]:
     async_twin = f"a{method}"
     if owner in ("QuerySet", "Model") and _has_async_twin(owner, async_twin):
         return f"{qualname}()", f"await the async method .{async_twin}(...) instead"
-    return f"{qualname}()", "wrap the sync ORM block in sync_to_async(...) and await it"
+    return f"{qualname}()", _WRAP
 
 
 def _owner_and_name(frame: FrameType) -> tuple[str, str]:

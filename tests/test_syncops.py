@@ -221,3 +221,45 @@ def test_an_error_in_an_async_fixture_is_one_error_with_its_fix(
     assert "ERROR at teardown" not in result.stdout.str()
     [found] = violations(report, "test_it")
     assert found["allowed"] is False
+
+
+def test_a_sync_helper_on_the_loop_is_told_to_go_through_sync_to_async(
+    django_project: DjangoProject,
+) -> None:
+    """An `a...` twin cannot be awaited in a sync function: the fix is at its async caller."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.views(
+        """
+        from django.http import HttpResponse
+
+        from tproj.models import Author
+
+
+        def remember(name):
+            Author.objects.create(name=name)
+
+
+        async def signup(request):
+            remember("Ada")
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_signup(asgi_client, transactional_db):
+            await asgi_client.get("/signup/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_signup")
+    assert found["location"]["function"] == "remember"
+    assert found["fix"].startswith(
+        "remember() is a sync function run on the event loop: have its async caller await"
+        " sync_to_async(remember)(...)"
+    ), found["fix"]
+    assert found["fix"].endswith(
+        "or make it async and await the async method .acreate(...) instead"
+    )
