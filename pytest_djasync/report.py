@@ -140,6 +140,7 @@ def violation_json(finding: Finding, root: Path) -> Entry:
         "what": finding.what,
         "count": finding.count,
         "fix": finding.fix,
+        "note": finding.note or None,
         "allowed": finding.allowed_by is not None,
         "allowed_by": finding.allowed_by,
     }

@@ -350,6 +350,7 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
     if _stopped_in_debugger(samples):
         return
     stack, location, note = _stall_stack(samples, handle)
+    note = "; ".join(filter(None, (note, _tracer_note())))
     findings.record(
         Finding(
             kind=findings.STALL,
@@ -615,6 +616,26 @@ def stall_fix(stack: Stack) -> str:
         "move the blocking or CPU-heavy work off the loop: await asyncio.to_thread(func, ...)"
         " or sync_to_async(func, thread_sensitive=False)(...); heavy CPU work belongs in a"
         " process pool"
+    )
+
+
+def _tracer_note() -> str:
+    """A note when a tracer (coverage, a profiler) ran on the loop thread: it makes Python code
+    several times slower, so a step may pass the threshold only under it."""
+    tracer = sys.gettrace() or sys.getprofile()
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: coverage's sys.monitoring core
+    tool = None
+    if monitoring is not None:
+        tool = monitoring.get_tool(monitoring.COVERAGE_ID) or monitoring.get_tool(
+            monitoring.PROFILER_ID
+        )
+    if tracer is None and tool is None:
+        return ""
+    name = tool or getattr(tracer, "__module__", None) or type(tracer).__module__
+    return (
+        f"a tracer ran on this thread ({name}): coverage and profilers make Python code several"
+        " times slower, so this step may be under the threshold without it; gate stalls in a"
+        " job without coverage, or raise --djasync-block-ms in that job"
     )
 
 

@@ -1775,3 +1775,43 @@ def test_time_at_a_debugger_prompt_is_no_stall(django_project: DjangoProject) ->
     assert violations(report, "test_paused") == []
     [blocking] = violations(report, "test_still_watched")
     assert blocking["kind"] == "blocking-call"
+
+
+def test_a_stall_under_a_tracer_says_so(django_project: DjangoProject) -> None:
+    """Coverage's tracer makes Python code several times slower: a stall measured under one
+    (here a trace function of the test's own, still set when the step ends) says so."""
+    django_project.tests(
+        """
+        import asyncio
+        import sys
+        import time
+
+        import pytest
+
+        def _trace(frame, event, arg):
+            return None
+
+        @pytest.mark.djasync_block_ms(50)
+        @pytest.mark.asyncio
+        async def test_traced():
+            sys.settrace(_trace)
+            end = time.thread_time() + 0.3
+            while time.thread_time() < end:
+                pass
+            await asyncio.sleep(0)  # the step ends here, the tracer still set
+            sys.settrace(None)
+
+        @pytest.mark.djasync_block_ms(50)
+        @pytest.mark.asyncio
+        async def test_untraced():
+            end = time.thread_time() + 0.3
+            while time.thread_time() < end:
+                pass
+        """
+    )
+    _, report = django_project.report()
+    [traced] = violations(report, "test_traced")
+    assert traced["kind"] == "stall"
+    assert "a tracer ran on this thread (test_scenario)" in traced["note"], traced["note"]
+    [untraced] = violations(report, "test_untraced")
+    assert "tracer" not in (untraced["note"] or "")
