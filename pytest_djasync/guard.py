@@ -229,6 +229,8 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # an error of the call (a timeout, a refused connection) is
+        # shown from the user's line; these frames are the same for every one
         step = watchdog.current_step()
         if step is None or step.in_guard or (applies is not None and not applies(args, kwargs)):
             return original(*args, **kwargs)
@@ -243,6 +245,7 @@ def _wrap_socket_method(original: Callable[..., Any], target: Target) -> Callabl
 
     @functools.wraps(original)
     def guarded(sock: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         if sock.gettimeout() == 0.0:
             return original(sock, *args, **kwargs)
         step = watchdog.current_step()
@@ -263,6 +266,7 @@ def _wrap_self_pipe_method(original: Callable[..., Any], target: Target) -> Call
 
     @functools.wraps(original)
     def guarded(sock: Any, arg: Any, flags: int = 0, /) -> Any:
+        __tracebackhide__ = True
         if sock.gettimeout() == 0.0:
             return original(sock, arg, flags)
         step = watchdog.current_step()
@@ -364,6 +368,7 @@ def _call_watched(
     step: Any, target: Target, original: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
     """Make a blocking call from inside a loop step, and report it."""
+    __tracebackhide__ = True
     caller = sys._getframe(2)  # the code that called the wrapper
     step.in_guard = True  # report the outermost blocking call, not the socket under it
     start = _perf()

@@ -1815,3 +1815,25 @@ def test_a_stall_under_a_tracer_says_so(django_project: DjangoProject) -> None:
     assert "a tracer ran on this thread (test_scenario)" in traced["note"], traced["note"]
     [untraced] = violations(report, "test_untraced")
     assert "tracer" not in (untraced["note"] or "")
+
+
+def test_an_error_of_a_guarded_call_is_shown_from_the_users_line(
+    django_project: DjangoProject,
+) -> None:
+    """The guard's wrapper frames are hidden from pytest's tracebacks: an error raised by the
+    blocking call (a timeout, a refused connection) reads as without the plugin."""
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_bad_sleep():
+            time.sleep(-1)
+        """
+    )
+    result = django_project.run("--djasync", "--tb=long")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: sleep length must be non-negative*"])
+    assert "guard.py" not in result.stdout.str()
