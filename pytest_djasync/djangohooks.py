@@ -44,15 +44,35 @@ def _naming_requests(original: Callable[..., Awaitable[Any]]) -> Callable[..., A
     return __call__
 
 
+def _naming_sync_requests(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __call__(self: Any, environ: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        # asgiref copies the context into the loop an async view runs on, so it names it too
+        request = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '?')}"
+        token = current_request.set(request)
+        try:
+            return original(self, environ, *args, **kwargs)
+        finally:
+            current_request.reset(token)
+
+    return __call__
+
+
 def track_requests() -> list[patching.Patch]:
     """Make findings say which request was being served, whichever Django entry point serves it:
-    ``ASGIHandler`` (``asgi_client``, uvicorn) or the test ``AsyncClient``'s handler."""
+    ``ASGIHandler`` (``asgi_client``, uvicorn), the test ``AsyncClient``'s handler, or the sync
+    test ``Client``'s (``self.client`` of a ``TestCase``), which runs an async view in a loop of
+    its own."""
     try:
         from django.core.handlers.asgi import ASGIHandler
-        from django.test.client import AsyncClientHandler
+        from django.test.client import AsyncClientHandler, ClientHandler
     except ImportError:  # Django is optional until a test uses it
         return []
+    sync_client = _naming_sync_requests(ClientHandler.__call__)
     return [
-        patching.install(owner, "__call__", _naming_requests(owner.__call__))
-        for owner in (ASGIHandler, AsyncClientHandler)
+        *(
+            patching.install(owner, "__call__", _naming_requests(owner.__call__))
+            for owner in (ASGIHandler, AsyncClientHandler)
+        ),
+        patching.install(ClientHandler, "__call__", sync_client),
     ]

@@ -452,6 +452,7 @@ def test_installed_but_not_enabled_changes_nothing(django_project: DjangoProject
         import pytest
         from asgiref.sync import AsyncToSync, SyncToAsync
         from django.core.handlers.asgi import ASGIHandler
+        from django.test.client import ClientHandler
 
 
         def assert_untouched():
@@ -461,6 +462,7 @@ def test_installed_but_not_enabled_changes_nothing(django_project: DjangoProject
             assert inspect.ismethoddescriptor(socket.socket.connect)
             for function in (
                 ASGIHandler.__call__,
+                ClientHandler.__call__,
                 SyncToAsync.__call__,
                 AsyncToSync.__call__,
                 importlib._bootstrap._find_and_load,

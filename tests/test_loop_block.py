@@ -625,6 +625,13 @@ class DjangoTests(SimpleTestCase):
 class DjangoDatabaseTests(TestCase):
     async def test_async_method(self):
         await _blocks()
+
+    def test_sync_client(self):
+        assert self.client.get("/view/").status_code == 200
+
+
+def test_pytest_django_client(client):
+    assert client.get("/view/").status_code == 200
 """
 
 
@@ -642,7 +649,7 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
     )
     django_project.tests(LOOPS_TESTS)
     result, report = django_project.report()
-    result.assert_outcomes(failed=8)
+    result.assert_outcomes(failed=10)
     for test in (
         "test_module_loop",
         "test_session_loop",
@@ -651,7 +658,12 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
     ):
         [found] = violations(report, test)
         assert found["location"]["function"] == "_blocks", test
-    for test in ("test_django_async_client", "test_pytest_django_async_client"):
+    for test in (
+        "test_django_async_client",
+        "test_pytest_django_async_client",
+        "test_pytest_django_client",  # the sync test client: the view runs in async_to_sync
+        "DjangoDatabaseTests::test_sync_client",
+    ):
         [found] = violations(report, test)
         assert found["location"] == {"path": "tproj/views.py", "line": 6, "function": "view"}
         assert found["request"] == "GET /view/"
