@@ -24,7 +24,8 @@ _OFFLOAD = "asyncio.to_thread(...) or sync_to_async(..., thread_sensitive=False)
 FIX = {
     "sleep": "await asyncio.sleep(...) instead of time.sleep(...)",
     "socket": f"use an async client (httpx.AsyncClient, asyncio streams) or {_OFFLOAD}",
-    "dns": f"let the loop resolve names (await loop.getaddrinfo(...)) or {_OFFLOAD}",
+    "dns": "let the loop resolve names (await loop.getaddrinfo(...), or loop.getnameinfo(...)"
+    f" for a reverse lookup) or {_OFFLOAD}",
     "select": "wait with the loop (asyncio streams, loop.add_reader) instead of select/poll",
     "subprocess": f"use asyncio.create_subprocess_exec(...) or {_OFFLOAD}",
     "http": f"await an async HTTP client (httpx.AsyncClient) or {_OFFLOAD}",
