@@ -268,12 +268,19 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
     def cancel_pending(self) -> None:
         """Disconnect the apps serving responses that were never closed (sync teardown).
 
-        Only the disconnect, no ``Task.cancel()``: Django's handler turns a disconnect into the
-        cancellation of the view, whereas cancelling the handler's own task would leave the view
-        running. A loop that is not running now delivers it when it next runs, or cancels
-        whatever is left when it closes.
+        A disconnect, not ``Task.cancel()``: Django's handler turns a disconnect into the
+        cancellation of the view and then finishes the request (``request_finished``, the body
+        file closed), whereas cancelling the handler's own task would leave the view running.
+        The test's loop, idle between the test and its closing, is run until they are done
+        (``aclose``); one running in another thread is told, and delivers it itself.
         """
-        for task, exchange in list(self._pending.items()):
-            loop = task.get_loop()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(exchange.disconnected.set)
+        loops = {task.get_loop() for task in self._pending}
+        for loop in loops:
+            if loop.is_closed():
+                continue
+            if loop.is_running() or len(loops) > 1:
+                for task, exchange in list(self._pending.items()):
+                    if task.get_loop() is loop:
+                        loop.call_soon_threadsafe(exchange.disconnected.set)
+            else:
+                loop.run_until_complete(self.aclose())

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def asgi_client() -> Iterator[httpx.AsyncClient]:
+def asgi_client(request: pytest.FixtureRequest) -> Iterator[httpx.AsyncClient]:
     """An ``httpx.AsyncClient`` that drives the project's ASGI app, as uvicorn would.
 
     The app is built on the first request, so settings changed before it apply. The fixture is
@@ -31,8 +31,21 @@ def asgi_client() -> Iterator[httpx.AsyncClient]:
     from pytest_djasync import client, djangohooks
 
     transport = client.ASGIStreamingTransport(app_factory=client.django_asgi_app)
+    finishing: list[bool] = []
+
+    async def finish_before_the_loop_closes(_: httpx.Request) -> None:
+        # pytest-asyncio sets its loop up after this fixture, so it would close it (cancelling
+        # the apps of responses never closed) before this fixture's teardown: a finalizer added
+        # now, in the test, runs first, while the loop is idle and still open.
+        if not finishing:
+            finishing.append(True)
+            request.node.addfinalizer(transport.cancel_pending)
+
+    hooks = {"request": [finish_before_the_loop_closes]}
     with djangohooks.test_client_signals():
-        yield httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        yield httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", event_hooks=hooks
+        )
         transport.cancel_pending()
 
 
