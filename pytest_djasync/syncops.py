@@ -87,12 +87,15 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
 
 _SYNC_CALL = "a sync database call"
 _WRAP = "wrap the sync ORM block in sync_to_async(...) and await it"
+_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
 _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
 
 def _fix_in(user: FrameType | None, fix: str) -> str:
     """The fix, for the user's function that made the call: one that is sync (a helper, a
     signal's sync receiver) cannot await anything; its async caller has to hand it off."""
+    while user is not None and user.f_code.co_name in _COMPREHENSIONS:
+        user = user.f_back  # before Python 3.12 a comprehension is a function of its own
     if user is None or user.f_code.co_flags & _ASYNC_CODE:
         return fix
     name = getattr(user.f_code, "co_qualname", user.f_code.co_name)

@@ -242,6 +242,10 @@ def test_a_sync_helper_on_the_loop_is_told_to_go_through_sync_to_async(
         async def signup(request):
             remember("Ada")
             return HttpResponse("ok")
+
+
+        async def counts(request):
+            return HttpResponse(str([Author.objects.count() for _ in range(1)]))
         """
     )
     django_project.tests(
@@ -251,9 +255,15 @@ def test_a_sync_helper_on_the_loop_is_told_to_go_through_sync_to_async(
         @pytest.mark.asyncio
         async def test_signup(asgi_client, transactional_db):
             await asgi_client.get("/signup/")
+
+        @pytest.mark.asyncio
+        async def test_counts(asgi_client, transactional_db):
+            await asgi_client.get("/counts/")
         """
     )
     _, report = django_project.report()
+    [in_comprehension] = violations(report, "test_counts")  # its own function before 3.12
+    assert in_comprehension["fix"] == "await the async method .acount(...) instead"
     [found] = violations(report, "test_signup")
     assert found["location"]["function"] == "remember"
     assert found["fix"].startswith(
