@@ -42,7 +42,11 @@ _MAX_SAMPLES = 200
 _FAST_POLLS = 20  # polls a threshold while a step is suspect
 _STARVED_SHARE = 0.25  # of the polls it would have made, below which the watchdog was starved
 _STARVED_MIN_POLLS = 8  # fewer expected polls are too few to tell a starved watchdog apart
-_DEBUGGERS = ("pydevd", "bdb", "pydevd_frame_evaluator", "debugpy")
+# Top-level packages of debuggers: a trace function of theirs, or a frame of theirs in a stall's
+# samples, means a debugger had the loop thread.
+_DEBUGGERS = frozenset(
+    {"bdb", "pdb", "ipdb", "pudb", "pydevd", "pydevd_frame_evaluator", "debugpy"}
+)
 
 
 class _Snapshot(NamedTuple):
@@ -643,10 +647,7 @@ def _stopped_in_debugger(samples: list[findings.Stack]) -> bool:
     """True when the step waited at a debugger's prompt (``breakpoint()``): pdb's ``continue``
     takes its trace function away before the step ends, so ``debugger_attached`` is too late."""
     packages = {frame.module.partition(".")[0] for stack in samples for frame in stack}
-    return not packages.isdisjoint(_DEBUGGER_PACKAGES)
-
-
-_DEBUGGER_PACKAGES = frozenset({"bdb", "pdb", "ipdb", "pudb", "pydevd", "debugpy"})
+    return not packages.isdisjoint(_DEBUGGERS)
 
 
 def debugger_attached() -> bool:
