@@ -294,7 +294,7 @@ def _is_chain_link(func: Any) -> bool:
 def _shown(path: str) -> str:
     """A user's file as listings show it: relative to the working directory (the project's
     root, as a rule) when inside it."""
-    return findings.Frame(path, 0, "", "").relative_path(Path.cwd())
+    return findings.relative_path(path, Path.cwd())
 
 
 def _qualname(code: CodeType) -> str:

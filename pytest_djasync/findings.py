@@ -29,6 +29,18 @@ KINDS = (STALL, BLOCKING_CALL, SYNC_ONLY, CROSSINGS, FANOUT)
 _MAX_DEPTH = 80  # deep enough for Django's middleware onion, shallow enough to stay cheap
 
 
+def relative_path(path: str, root: Path | None) -> str:
+    """``path`` relative to ``root`` when inside it (the project's code), else as it is."""
+    if root is not None:
+        try:
+            relative = os.path.relpath(path, root)
+        except ValueError:  # another drive on Windows
+            return path
+        if not relative.startswith(os.pardir):
+            return relative
+    return path
+
+
 class Frame(NamedTuple):
     path: str  # absolute path of the source file
     line: int
@@ -36,15 +48,7 @@ class Frame(NamedTuple):
     module: str
 
     def relative_path(self, root: Path | None) -> str:
-        """Relative to ``root`` when inside it (the project's code), else absolute."""
-        if root is not None:
-            try:
-                relative = os.path.relpath(self.path, root)
-            except ValueError:  # another drive on Windows
-                return self.path
-            if not relative.startswith(os.pardir):
-                return relative
-        return self.path
+        return relative_path(self.path, root)
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line} in {self.function}"
