@@ -4,6 +4,12 @@
 whichever thread it runs in, over the network or mocked by respx. Requests a test client sends
 into the application in-process (ASGI or WSGI transports, ``asgi_client``) are not outbound and
 are left out.
+
+A request is in flight from the moment it has a connection, not from ``send()``: a request
+queued behind a connection-pool limit (``httpx.Limits``) only waits, and counting that wait would
+make a capped fan-out look concurrent. httpcore's ``trace`` extension tells when the request got
+its connection (its first event) and when its response was read (``response_closed``, before
+the connection goes back to the pool). Mocked requests never reach httpcore: ``send()`` times them.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Call:
     task: int | None  # id of the asyncio task that sent it (async clients)
     thread_sensitive: bool  # sent from sync code queued on asgiref's thread-sensitive executor
     location: findings.Frame | None
+    queued: float = 0.0  # seconds from send() until it had a connection (httpcore only)
 
     @property
     def duration(self) -> float:
@@ -98,6 +105,9 @@ class Recorder:
                 " default), so they queued on asgiref's single thread-sensitive executor; use"
                 " sync_to_async(func, thread_sensitive=False) or an httpx.AsyncClient"
             )
+        pool = self._pool_wait()
+        if pool:
+            return pool
         tasks = {c.task for c in calls if c.is_async}
         if len(tasks) == 1 and None not in tasks and self.peak_concurrency == 1:
             return (
@@ -118,6 +128,22 @@ class Recorder:
                 " (httpx.Limits) or a worker pool of that size is capping the fan-out"
             )
         return None
+
+    def _pool_wait(self) -> str | None:
+        """The cause when calls waited for a connection about as long as a call takes."""
+        calls = self.finished
+        if self.peak_concurrency >= len(calls):
+            return None
+        typical = sorted(c.duration for c in calls)[len(calls) // 2]
+        waited = [c for c in calls if c.queued >= typical / 2 > 0]
+        if not waited:
+            return None
+        longest = max(c.queued for c in waited)
+        return (
+            f"{len(waited)} of the calls waited for a connection from httpx's pool (up to"
+            f" {longest * 1000:.0f} ms): a pool limit (httpx.Limits(max_connections=...)) is"
+            " capping the fan-out; size the client's pool for it"
+        )
 
     def check(self, at_least: int, within: float | None = None) -> str | None:
         """``None`` when the fan-out holds, else why not."""
@@ -164,15 +190,21 @@ def timeline(recorder: Recorder, headline: str, width: int = 40) -> str:
     calls = sorted(recorder.finished, key=lambda c: c.start)
     lines = [headline, ""]
     if calls:
-        origin = calls[0].start
-        scale = width / max(recorder.wall, 1e-9)
+        origin = min(c.start - c.queued for c in calls)
+        span = max(c.end or c.start for c in calls) - origin
+        scale = width / max(span, 1e-9)
         label_width = min(60, max(len(c.label) for c in calls))
+        dotted = False
         for call in calls:
-            left = int((call.start - origin) * scale)
+            left = int((call.start - call.queued - origin) * scale)
+            queued = round(call.queued * scale)
             length = max(1, round(call.duration * scale))
-            bar = (" " * left + "#" * length).ljust(width)[:width]
+            dotted = dotted or queued > 0
+            bar = (" " * left + "." * queued + "#" * length).ljust(width)[:width]
             label = call.label[:label_width]
             lines.append(f"  {label:<{label_width}} |{bar}| {call.duration * 1000:5.0f} ms")
+        if dotted:
+            lines.append("  (. waiting for a connection from the pool, # in flight)")
         lines.append("")
     lines.append(
         f"  {len(calls)} requests, peak {recorder.peak_concurrency} in flight,"
@@ -224,16 +256,57 @@ def _in_thread_sensitive_executor() -> bool:
     return False
 
 
+def _on_the_wire(call: Call, event: str) -> None:
+    """Move the call's times to its connection's, as httpcore's trace events tell them."""
+    if call.end is not None:
+        return
+    now = _perf()
+    if not call.queued and event.endswith(".started"):  # the first event: it has a connection
+        call.queued = max(now - call.start, 1e-9)
+        call.start = now
+    elif event.endswith(".response_closed.started"):  # read; the connection is not back yet
+        call.end = now
+
+
+def _async_trace(call: Call, theirs: Any) -> Callable[..., Any]:
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        _on_the_wire(call, event)
+        if theirs is not None:
+            await theirs(event, info)
+
+    return trace
+
+
+def _sync_trace(call: Call, theirs: Any) -> Callable[..., Any]:
+    def trace(event: str, info: dict[str, Any]) -> None:
+        _on_the_wire(call, event)
+        if theirs is not None:
+            theirs(event, info)
+
+    return trace
+
+
+def _restore(request: httpx.Request, theirs: Any) -> None:
+    if theirs is None:
+        request.extensions.pop("trace", None)
+    else:
+        request.extensions["trace"] = theirs
+
+
 def _timing_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
         if not _recorders or not _outbound(self, request):
             return await original(self, request, **kwargs)
         call = _begin(request, is_async=True)
+        theirs = request.extensions.get("trace")
+        request.extensions["trace"] = _async_trace(call, theirs)
         try:
             return await original(self, request, **kwargs)
         finally:
-            call.end = _perf()
+            _restore(request, theirs)
+            if call.end is None:
+                call.end = _perf()
 
     return send
 
@@ -244,10 +317,14 @@ def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         if not _recorders or not _outbound(self, request):
             return original(self, request, **kwargs)
         call = _begin(request, is_async=False)
+        theirs = request.extensions.get("trace")
+        request.extensions["trace"] = _sync_trace(call, theirs)
         try:
             return original(self, request, **kwargs)
         finally:
-            call.end = _perf()
+            _restore(request, theirs)
+            if call.end is None:
+                call.end = _perf()
 
     return send
 

@@ -73,6 +73,25 @@ async def limited(request):
     return HttpResponse("ok")
 
 
+async def pool_capped(request):
+    # One connection: the three requests queue for it inside httpx, however they were started.
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as client:
+        await asyncio.gather(*(client.get(url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def traced(request):
+    events = []
+
+    async def trace(name, info):
+        events.append(name)
+
+    async with httpx.AsyncClient() as client:
+        response = await client.get(_urls(request)[0], extensions={"trace": trace})
+    assert response.request.extensions["trace"] is trace
+    return HttpResponse(str(len(events)))
+
+
 def _fetch_with_httpx_client(url):
     with httpx.Client() as client:
         client.get(url)
@@ -358,6 +377,43 @@ def test_real_requests_to_a_local_server_are_timed_too(project: DjangoProject) -
             "  3 requests, peak 1 in flight*",
             "  likely cause: the calls were awaited one after another in one task;*",
             "FAILED test_scenario.py::test_sequential - *",
+        ]
+    )
+
+
+def test_a_pool_limit_serializes_the_fan_out_and_is_named(project: DjangoProject) -> None:
+    # A request is in flight from when it has a connection: before it, it only waits. The next
+    # call gets the one connection only after the previous response was read (httpcore's
+    # response_closed comes before the connection is released), so the peak is 1 by
+    # construction, not by timing.
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_capped(asgi_client, upstream):
+            response = await asgi_client.get("/pool_capped/", params={"base": upstream})
+            assert response.status_code == 200
+
+        @pytest.mark.asyncio
+        async def test_their_trace_still_runs(asgi_client, upstream, djasync_fanout):
+            response = await asgi_client.get("/traced/", params={"base": upstream})
+            assert int(response.text) >= 4  # connect, send headers/body, receive, close
+            assert djasync_fanout.calls[0].queued > 0
+        """
+    )
+    result = project.run("--djasync")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  GET 127.0.0.1/a |*#*| * ms",
+            "  GET 127.0.0.1/b |*.#*| * ms",
+            "  (. waiting for a connection from the pool, # in flight)",
+            "  3 requests, peak 1 in flight*",
+            "  likely cause: * waited for a connection from httpx's pool*"
+            "httpx.Limits(max_connections=...)*",
+            "FAILED test_scenario.py::test_capped - *",
         ]
     )
 
