@@ -3,7 +3,8 @@
 httpx's own ``ASGITransport`` collects the whole response body before it returns, so a test
 cannot see a streaming response arrive chunk by chunk, and it answers ``http.disconnect`` as
 soon as the body is read, which makes Django 5+ cancel the view. This transport behaves like an
-ASGI server instead: the request body is streamed in, ``receive()`` blocks until the client
+ASGI server instead: the request body is streamed in, in pieces of at most 64 KiB with a loop
+iteration between them as a server reads them off a socket, ``receive()`` blocks until the client
 goes away, and every ``http.response.body`` message reaches the client as its own chunk.
 """
 
@@ -25,6 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+_BODY_PIECE = 64 * 1024  # what a server hands the app at a time (uvicorn's flow-control mark)
 _BODY_QUEUE_SIZE = 8  # enough to keep the app busy, small enough to apply back-pressure
 _CLOSE_GRACE_S = 5.0  # how long aclose() lets disconnected apps finish before cancelling them
 
@@ -76,6 +78,8 @@ class _Exchange:
         self._body = request.stream
         self._body_iter: AsyncIterator[bytes] | None = None
         self._body_done = False
+        self._chunk = b""  # the client's chunk being handed over piece by piece
+        self._offset = 0
         self.started = False  # the response's start message arrived
         # Set once the response started, or the app returned without starting one.
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -91,15 +95,27 @@ class _Exchange:
             # Like a server: block until the client goes away, not a moment sooner.
             await self.disconnected.wait()
             return {"type": "http.disconnect"}
+        if self._offset < len(self._chunk):
+            # A client's body often comes as one chunk (``content=``, ``files=``): handed over
+            # whole, Django would spool megabytes in one loop step, which no server makes it do.
+            await asyncio.sleep(0)
+        else:
+            self._chunk, self._offset = await self._next_chunk(), 0
+            if self._body_done:
+                return {"type": "http.request", "body": b"", "more_body": False}
+        piece = self._chunk[self._offset : self._offset + _BODY_PIECE]
+        self._offset += len(piece)
+        return {"type": "http.request", "body": piece, "more_body": True}
+
+    async def _next_chunk(self) -> bytes:
         if self._body_iter is None:
             assert isinstance(self._body, httpx.AsyncByteStream)
             self._body_iter = self._body.__aiter__()
         try:
-            chunk = await self._body_iter.__anext__()
+            return await self._body_iter.__anext__()
         except StopAsyncIteration:
             self._body_done = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return {"type": "http.request", "body": chunk, "more_body": True}
+            return b""
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -6,9 +6,14 @@ Django's real ``ASGIHandler`` (or the project's own ASGI app) and the streaming 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import django
+import httpx
 import pytest
 
+from pytest_djasync import ASGIStreamingTransport
 from tests.conftest import DjangoProject
 
 # Django 5.0 made ASGIHandler cancel a view whose client disconnected; 4.2 lets it finish.
@@ -722,3 +727,42 @@ def test_async_orm_view_sees_rows_the_test_created(project: DjangoProject) -> No
         """,
         passed=2,
     )
+
+
+def test_a_large_body_reaches_the_app_in_pieces_with_the_loop_free_between_them() -> None:
+    """A body sent as one chunk (``content=``, ``files=``) is handed over the way a server reads
+    it off a socket: Django spooling 80 MB in one loop step was reported as a stall that no
+    server would cause. Structural: a ticking task must run between any two pieces."""
+    pieces: list[tuple[int, int]] = []  # (size, ticks when it arrived)
+    ticks = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            pieces.append((len(message["body"]), ticks))
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        ticker = asyncio.ensure_future(tick())
+        transport = ASGIStreamingTransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/", content=b"x" * 1_000_000)
+        ticker.cancel()
+        assert response.text == "ok"
+
+    asyncio.run(main())
+    sizes = [size for size, _ in pieces]
+    assert sum(sizes) == 1_000_000
+    assert max(sizes) == 64 * 1024
+    assert len(pieces) == 17  # 16 pieces (15 whole, the rest) and the end of the body
+    data_ticks = [seen for size, seen in pieces if size]
+    assert data_ticks == sorted(set(data_ticks))  # strictly increasing: the loop ran between
