@@ -69,8 +69,10 @@ def _record(error: BaseException, frame: FrameType) -> None:
 def describe(frame: FrameType | None) -> tuple[str, str]:
     """What the user's code did to reach ``frame`` (innermost), and the fix that fits it."""
     api: FrameType | None = None
+    lazy: tuple[str, str] | None = None
     while frame is not None and not findings.is_user_path(frame.f_code.co_filename):
         code = frame.f_code
+        lazy = _lazy_request_attribute(code) or lazy  # the outermost: a user loads a session
         if code.co_name == "__get__" and code.co_filename.endswith("related_descriptors.py"):
             return _lazy_relation(frame)
         if code.co_name == "__enter__" and code.co_filename.endswith("/django/db/transaction.py"):
@@ -81,8 +83,35 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         if code.co_filename.replace(os.sep, "/").endswith(_ORM_API):
             api = frame  # keep the outermost ORM frame: the method the user called
         frame = frame.f_back
-    what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
+    if lazy is not None:
+        what, fix = lazy
+    else:
+        what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
     return what, _fix_in(frame, fix)
+
+
+_LAZY_USER = (
+    "the lazy request.user (loaded from the session and the database when first used)",
+    "resolve it on the loop first with request.user = await request.auser() (Django 5.0+),"
+    " before your code or a template (the auth context processor's user) reads request.user;"
+    " before Django 5.0, read it inside sync_to_async",
+)
+_LAZY_SESSION = (
+    "the lazy request.session (loaded from its backend when first used)",
+    "use the session's async methods, await request.session.aget(key) or .aset(key, value)"
+    " (Django 5.1+); once one of them has loaded it, sync reads are served from memory;"
+    " before Django 5.1, use it inside sync_to_async",
+)
+
+
+def _lazy_request_attribute(code: CodeType) -> tuple[str, str] | None:
+    """The lazy ``request.user`` or ``request.session`` that ``code``, a frame's, is loading."""
+    path = code.co_filename.replace(os.sep, "/")
+    if code.co_name == "get_user" and path.endswith("/django/contrib/auth/middleware.py"):
+        return _LAZY_USER
+    if "/django/contrib/sessions/backends/" in path and code.co_name == "_get_session":
+        return _LAZY_SESSION
+    return None
 
 
 _SYNC_CALL = "a sync database call"

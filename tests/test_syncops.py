@@ -273,3 +273,59 @@ def test_a_sync_helper_on_the_loop_is_told_to_go_through_sync_to_async(
     assert found["fix"].endswith(
         "or make it async and await the async method .acreate(...) instead"
     )
+
+
+def test_a_lazy_user_or_session_is_named_with_its_async_accessor(
+    django_project: DjangoProject,
+) -> None:
+    """``request.user`` and ``request.session`` load on first use; the user's code calls no ORM
+    method, so the fix is Django's async accessor, not the ``.aget()`` of the query inside."""
+    django_project.views(
+        """
+        from django.http import HttpResponse
+
+
+        async def whoami(request):
+            return HttpResponse(str(request.user.is_authenticated))
+
+
+        async def visits(request):
+            return HttpResponse(str(request.session.get("n", 0)))
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+        from django.contrib.sessions.backends.db import SessionStore
+
+
+        @pytest.fixture
+        def session_key(transactional_db, django_user_model):
+            user = django_user_model.objects.create(username="ada")
+            session = SessionStore()
+            session["_auth_user_id"] = str(user.pk)
+            session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+            session["_auth_user_hash"] = user.get_session_auth_hash()
+            session.save()
+            return session.session_key
+
+
+        @pytest.mark.parametrize("view", ["whoami", "visits"])
+        @pytest.mark.asyncio
+        async def test_lazy(asgi_client, settings, session_key, view):
+            settings.MIDDLEWARE = [
+                "django.contrib.sessions.middleware.SessionMiddleware",
+                "django.contrib.auth.middleware.AuthenticationMiddleware",
+            ]
+            asgi_client.cookies["sessionid"] = session_key
+            await asgi_client.get(f"/{view}/")
+        """
+    )
+    _, report = django_project.report()
+    [user] = violations(report, "test_lazy[whoami]")
+    assert user["message"].startswith("the lazy request.user "), user["message"]
+    assert user["location"]["function"] == "whoami"
+    assert "request.user = await request.auser()" in user["fix"], user["fix"]
+    [session] = violations(report, "test_lazy[visits]")
+    assert session["message"].startswith("the lazy request.session "), session["message"]
+    assert "await request.session.aget(key)" in session["fix"], session["fix"]
