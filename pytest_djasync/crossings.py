@@ -22,7 +22,7 @@ from typing import Any
 
 from asgiref.sync import AsyncToSync, SyncToAsync, markcoroutinefunction
 
-from pytest_djasync import findings, patching
+from pytest_djasync import djangohooks, findings, patching
 
 SYNC_TO_ASYNC = "sync_to_async"
 ASYNC_TO_SYNC = "async_to_sync"
@@ -197,6 +197,7 @@ def start(recorder: Recorder) -> Recorder:
     """Send every crossing to ``recorder`` from now on; wraps the adapters if nobody has yet."""
     global _explaining
     _shared.acquire(recorder)
+    djangohooks.naming.acquire(recorder)  # so that each crossing knows its request
     _recorders.append(recorder)
     _explaining += recorder.explain
     return recorder
@@ -208,6 +209,7 @@ def stop(recorder: Recorder) -> None:
     if recorder in _recorders:
         _recorders.remove(recorder)
         _explaining -= recorder.explain
+    djangohooks.naming.release(recorder)
     _shared.release(recorder)
 
 

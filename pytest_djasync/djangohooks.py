@@ -76,3 +76,8 @@ def track_requests() -> list[patching.Patch]:
         ),
         patching.install(ClientHandler, "__call__", sync_client),
     ]
+
+
+# Wanted by a watched session (findings say ``while serving:``) and by every crossing recorder,
+# the fixtures' included, in runs without ``--djasync`` too (``Crossing.request``).
+naming = patching.Shared(track_requests)

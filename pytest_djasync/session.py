@@ -66,7 +66,8 @@ class Watch:
         # Installed before the guard arms, so that no import in between goes unseen.
         self._patches = imports.install(self._imported)
         self._guard.arm()
-        self._patches += djangohooks.track_requests() + syncops.install() + heartbeat.install()
+        self._patches += syncops.install() + heartbeat.install()
+        djangohooks.naming.acquire(self)
         crossings.pin(self)
         fanout.pin(self)
         self.running = True
@@ -79,6 +80,7 @@ class Watch:
             for patch in reversed(self._patches):
                 patch.undo()
         findings.activate(None)
+        djangohooks.naming.release(self)
         crossings.unpin(self)
         fanout.unpin(self)
         self._guard.disarm()

@@ -495,6 +495,10 @@ def test_marker_passes_at_the_exact_count_and_fails_one_below(
 
 FIXTURE_TESTS = f"""
 import pytest
+from django.test.client import AsyncClientHandler, ClientHandler
+
+# Collected before any test runs: request naming is installed only while a recorder records.
+DJANGO_ORIGINAL = {{cls: vars(cls)["__call__"] for cls in (AsyncClientHandler, ClientHandler)}}
 
 SYNC_CHAIN = {SYNC_CHAIN!r}
 
@@ -543,14 +547,31 @@ async def test_below_djangos_floor(asgi_client, settings, djasync_assert_max_cro
     settings.MIDDLEWARE = []
     with djasync_assert_max_crossings(1):
         await asgi_client.get("/hello/")
+
+
+@pytest.mark.asyncio
+async def test_djangos_async_client_names_its_requests(async_client, settings, djasync_crossings):
+    settings.MIDDLEWARE = SYNC_CHAIN
+    await async_client.get("/hello/")
+    assert set(djasync_crossings.by_request()) == {{"GET /hello/"}}
+
+
+def test_djangos_sync_client_names_its_requests(client, djasync_crossings):
+    client.get("/hello/")
+    assert set(djasync_crossings.by_request()) == {{"GET /hello/"}}
+
+
+def test_django_is_restored_after_the_fixtures():
+    for cls, original in DJANGO_ORIGINAL.items():
+        assert vars(cls)["__call__"] is original, cls
 """
 
 
 def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) -> None:
     project(django_project)
     django_project.tests(FIXTURE_TESTS)
-    result = django_project.run()
-    result.assert_outcomes(passed=2, failed=2)
+    result = django_project.run()  # without --djasync: the fixtures work on their own
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*test_block_over_budget*",
