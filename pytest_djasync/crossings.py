@@ -58,6 +58,19 @@ class Crossing:
         """The wrapped callable's name, as the listings show it."""
         return callable_name(self.func)
 
+    @property
+    def djangos_middleware(self) -> str | None:
+        """The class name of the middleware from Django itself (``django.*``) that this
+        crossing is for, or ``None``: the project can only remove that one, not rewrite it."""
+        if self.origin != "middleware":
+            return None
+        func = _unwrap(self.func)
+        for candidate in (getattr(func, "__self__", None), self.caller_self, func):
+            if _is_middleware(candidate):
+                cls = type(candidate)
+                return cls.__qualname__ if cls.__module__.startswith("django.") else None
+        return None
+
     def _explain(self) -> tuple[str, str]:
         if self._explained is None:
             self._explained = attribute(self)

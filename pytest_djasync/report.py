@@ -232,8 +232,13 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
     ]
     for number, crossing in enumerate(recorder, 1):
         lines.append(f"{number:3}. {crossing.line()}")
-    avoidable = [c for c in recorder if c.origin not in ("handler", "test-client")]
-    if not avoidable:
+    djangos = [c.djangos_middleware for c in recorder if c.djangos_middleware]
+    avoidable = [
+        c
+        for c in recorder
+        if c.origin not in ("handler", "test-client") and not c.djangos_middleware
+    ]
+    if not avoidable and not djangos:
         return "\n".join(
             [
                 *lines,
@@ -242,12 +247,21 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
                 f" pay these on every request; allow at least {recorder.total}",
             ]
         )
-    lines += ["", f"{len(avoidable)} of them avoidable:"]
-    advice: dict[str, int] = {}
-    for crossing in avoidable:
-        text = _advice(crossing.origin, crossing.detail)
-        advice[text] = advice.get(text, 0) + 1
-    lines += [f"  - {text} ({count}x)" for text, count in advice.items()]
+    if avoidable:
+        lines += ["", f"{len(avoidable)} of them avoidable:"]
+        advice: dict[str, int] = {}
+        for crossing in avoidable:
+            text = _advice(crossing.origin, crossing.detail)
+            advice[text] = advice.get(text, 0) + 1
+        lines += [f"  - {text} ({count}x)" for text, count in advice.items()]
+    if djangos:
+        names = ", ".join(dict.fromkeys(djangos))
+        lines += [
+            "",
+            f"{len(djangos)} of them from Django's own middleware ({names}): each of its"
+            " MiddlewareMixin hooks costs a hop per request in an async view; remove what the"
+            " project does not need, or allow for the rest in the budget",
+        ]
     return "\n".join(lines)
 
 
