@@ -45,10 +45,12 @@ class Results:
             self._entries[nodeid] = entry
 
     def add_unfinished(self, entry: Entry) -> None:
-        """A test cut short (Ctrl-C): keep what it had found, as an error."""
-        if entry["nodeid"] not in self._entries:
-            self._entries[entry["nodeid"]] = entry
-            self._outcomes[entry["nodeid"]] = "error"
+        """A test cut short (Ctrl-C): keep what it had found, as an error unless a phase that
+        ended already failed it."""
+        nodeid = entry["nodeid"]
+        if nodeid not in self._entries:
+            self._entries[nodeid] = entry
+            self._outcomes.setdefault(nodeid, "error")
 
     def entries(
         self, empty: Callable[[str, bool], Entry] | None, *, detailed: bool

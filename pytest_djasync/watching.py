@@ -79,6 +79,7 @@ class WatchHooks:
         self._junit = bool(getattr(config.option, "xmlpath", None))
         self._running: _Running | None = None
         self._baseline_lines: list[str] = []  # what the writing run kept of the old file
+        self._stopped = False  # Ctrl-C or pytest.exit(), whatever exit status that left
 
     def _watched(self, item: pytest.Item) -> _Running | None:
         running = self._running
@@ -249,16 +250,27 @@ class WatchHooks:
     def pytest_testnodedown(self, node: object, error: object) -> None:
         self._worker_errors += getattr(node, "workeroutput", {}).get(INTERNAL_ERRORS, ())
 
+    def pytest_keyboard_interrupt(self) -> None:
+        self._stopped = True  # pytest.exit(returncode=0) too: its exit status says nothing
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         records = self.watch.unreported_records()
         self.watch.stop()
         if not self._controller:
             _send_internal_errors(self.config, self.config.workeroutput)  # type: ignore[attr-defined]
             return
-        for record in records:  # a test cut short by Ctrl-C has no teardown report: keep it
+        if self.config.option.collectonly:
+            return  # no test ran: the last run's report and baseline stand
+        # A test cut short (Ctrl-C, pytest.exit) has no teardown report: keep what it found,
+        # whether it was stopped in its teardown (its entry made already) or before.
+        for entry in self._outgoing.values():
+            self.results.add_unfinished(entry)
+        for record in records:
             self.results.add_unfinished(report.test_entry(record, self.root, self._detailed))
-        partial = exitstatus == pytest.ExitCode.INTERRUPTED or bool(
-            session.shouldstop or session.shouldfail
+        partial = (
+            self._stopped
+            or exitstatus == pytest.ExitCode.INTERRUPTED
+            or bool(session.shouldstop or session.shouldfail)
         )
         self._write_outputs(partial)
 
@@ -290,8 +302,12 @@ class WatchHooks:
     def pytest_terminal_summary(
         self, terminalreporter: pytest.TerminalReporter, exitstatus: int
     ) -> None:
-        if not self._controller or exitstatus == pytest.ExitCode.USAGE_ERROR:
-            return  # a usage error ran no test: a summary of nothing would bury the message
+        if (
+            not self._controller
+            or exitstatus == pytest.ExitCode.USAGE_ERROR
+            or self.config.option.collectonly
+        ):
+            return  # no test ran: a summary of nothing would bury pytest's own output
         # A clean test's entry adds nothing here: only count those.
         entries = self.results.entries(None, detailed=self._detailed)
         tests = len(self.results) if self.enabled else len(entries)

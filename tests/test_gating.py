@@ -312,6 +312,77 @@ async def test_zz_interrupted():
     assert outcomes["test_zz_interrupted"] == "error"
 
 
+def test_a_test_interrupted_in_its_teardown_keeps_its_findings(
+    django_project: DjangoProject,
+) -> None:
+    """Ctrl-C in a fixture's teardown: the test's entry was made, its teardown report never
+    came; it was lost from the report and the summary although the terminal counted it."""
+    django_project.tests(
+        """
+import time
+
+import pytest
+
+
+@pytest.fixture
+def interrupted_teardown():
+    yield
+    raise KeyboardInterrupt
+
+
+@pytest.mark.asyncio
+async def test_blocks(interrupted_teardown):
+    time.sleep(0.001)
+"""
+    )
+    result, report = django_project.report()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    [entry] = report["tests"]
+    assert entry["outcome"] == "failed"  # its call failed; the teardown never reported
+    assert [v["kind"] for v in entry["violations"]] == ["blocking-call"]
+    result.stdout.fnmatch_lines(["djasync: 1 finding in 1 of 1 test *"])
+
+
+@pytest.mark.parametrize("returncode", [0, 3])
+def test_pytest_exit_in_a_test_does_not_rewrite_the_baseline(
+    django_project: DjangoProject, returncode: int
+) -> None:
+    django_project.tests(SUITE)
+    args = ("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    django_project.run(*args)
+    before = (django_project.path / "b.txt").read_text()
+    django_project.tests(
+        f"""
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_exits():
+    pytest.exit("stop here", returncode={returncode})
+""",
+        name="test_aa_exit.py",
+    )
+    stopped = django_project.run(*args, "-p", "no:randomly")
+    assert stopped.ret == returncode
+    assert (django_project.path / "b.txt").read_text() == before
+    if returncode == 0:  # pytest shows no terminal summary after other exit statuses
+        stopped.stdout.fnmatch_lines(["baseline not rewritten: the run stopped early (*b.txt)"])
+
+
+def test_collect_only_leaves_the_report_and_the_baseline_alone(
+    django_project: DjangoProject,
+) -> None:
+    django_project.tests(SUITE)
+    args = ("--djasync-report=report.json", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    django_project.run("--djasync", *args)
+    files = {name: (django_project.path / name).read_text() for name in ("report.json", "b.txt")}
+    listed = django_project.run("--djasync", *args, "--collect-only")
+    assert listed.ret == pytest.ExitCode.OK
+    assert {name: (django_project.path / name).read_text() for name in files} == files
+    listed.stdout.no_fnmatch_line("*djasync summary*")
+    listed.stdout.no_fnmatch_line("baseline*")
+
+
 def test_a_stopped_run_does_not_rewrite_the_baseline(django_project: DjangoProject) -> None:
     django_project.tests(SUITE)
     args = (
