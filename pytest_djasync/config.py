@@ -155,14 +155,26 @@ def distributes_tests(config: pytest.Config) -> bool:
     return bool(getattr(option, "numprocesses", None)) or getattr(option, "dist", "no") != "no"
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why no file can be written at ``path`` (checked before the run, not after it)."""
+    if path.is_dir():
+        return "is a directory"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"is under {str(parent)!r}, which is a file"
+    return None
+
+
 def resolve(config: pytest.Config) -> Settings:
     """Read every setting once; raise ``pytest.UsageError`` naming any bad value."""
     report = _pick(config, REPORT, _parse_path, None)
-    if report.value is not None and (config.rootpath / report.value).is_dir():
-        raise pytest.UsageError(
-            f"pytest-djasync: {report.source}: {str(report.value)!r} is a directory;"
-            " give a file path such as djasync.json"
-        )
+    if report.value is not None:
+        problem = _unwritable(config.rootpath / report.value)
+        if problem:
+            raise pytest.UsageError(
+                f"pytest-djasync: {report.source}: {str(report.value)!r} {problem};"
+                " give a file path such as djasync.json"
+            )
     return Settings(
         enabled=_pick(config, ENABLE, parse_bool, False),
         block_ms=_pick(config, BLOCK_MS, parse_block_ms, 100.0),

@@ -280,15 +280,21 @@ class WatchHooks:
         )
 
     def _write_outputs(self, partial: bool) -> None:
-        try:
-            if self.settings.report.value is not None:
-                data = report.report_json(self._entries(), self.watch.block_ms)
-                report.write_atomically(self.root / self.settings.report.value, data)
-            path = self.settings.baseline.value
-            if self.settings.baseline_write and path is not None:
-                self._write_baseline(self.root / path, partial)  # like the report: from rootdir
-        except OSError as exc:
-            findings.internal_error("writing the report files", exc)
+        if self.settings.report.value is not None:
+            path = self.root / self.settings.report.value
+            try:
+                report.write_atomically(
+                    path, report.report_json(self._entries(), self.watch.block_ms)
+                )
+            except OSError as exc:
+                findings.internal_error(f"writing the report {path}", exc)
+        baseline_path = self.settings.baseline.value
+        if self.settings.baseline_write and baseline_path is not None:
+            path = self.root / baseline_path  # like the report: from rootdir
+            try:
+                self._write_baseline(path, partial)
+            except OSError as exc:
+                findings.internal_error(f"writing the baseline {path}", exc)
 
     def _write_baseline(self, path: Path, partial: bool) -> None:
         if partial:  # its last test may not have finished: those findings are not whole

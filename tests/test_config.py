@@ -277,6 +277,14 @@ def test_report_path_that_is_a_directory_is_a_usage_error(project: pytest.Pytest
     assert "--djasync-report: 'reports' is a directory; give a file path" in message
 
 
+def test_report_path_under_a_file_is_a_usage_error(project: pytest.Pytester) -> None:
+    """Found before the run, not as an internal error after it (and an exit status of 0)."""
+    (project.path / "afile").write_text("")
+    message = usage_error(project, "--djasync-report=afile/sub/r.json")
+    assert "--djasync-report: 'afile/sub/r.json' is under '" in message
+    assert "afile', which is a file; give a file path" in message
+
+
 # -- marker arguments --------------------------------------------------------------------------
 
 

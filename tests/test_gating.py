@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -367,6 +369,27 @@ async def test_exits():
     assert (django_project.path / "b.txt").read_text() == before
     if returncode == 0:  # pytest shows no terminal summary after other exit statuses
         stopped.stdout.fnmatch_lines(["baseline not rewritten: the run stopped early (*b.txt)"])
+
+
+def test_the_report_and_the_baseline_are_readable_as_files_normally_are(
+    django_project: DjangoProject,
+) -> None:
+    """Written through a private temporary file (mkstemp's 0600), they used to stay private:
+    a CI artifact step running as another user could not read them."""
+    django_project.tests(SUITE)
+    old = django_project.path / "b.txt"
+    old.write_text("")
+    old.chmod(0o640)  # an existing file keeps its mode
+    django_project.run(
+        "--djasync",
+        "--djasync-report=report.json",
+        "--djasync-baseline=b.txt",
+        "--djasync-baseline-write",
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((django_project.path / "report.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(old.stat().st_mode) == 0o640
 
 
 def test_collect_only_leaves_the_report_and_the_baseline_alone(
