@@ -62,9 +62,10 @@ class Results:
         for nodeid, sent in self._entries.items():
             entry = sent if sent is not None or empty is None else empty(nodeid, detailed)
             if entry is not None:
-                result.append(
-                    {"nodeid": nodeid, "outcome": self._outcomes.get(nodeid, "passed"), **entry}
-                )
+                outcome = self._outcomes.get(nodeid, "passed")
+                if outcome == "skipped" and entry["violations"]:
+                    entry = {**entry, "violations": _excused(entry["violations"])}
+                result.append({"nodeid": nodeid, "outcome": outcome, **entry})
         return result
 
     def keys(self, *, to_record: bool) -> set[Key]:
@@ -79,6 +80,18 @@ class Results:
             for violation in entry["violations"]
             if not to_record or violation.get("allowed_by") in (None, "baseline")
         }
+
+
+SKIPPED = "xfail or skip"  # ``allowed_by`` of a finding in a test that xfailed or skipped
+
+
+def _excused(violations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A test that xfailed (its marker expects the failure) or skipped itself failed nothing:
+    its findings are excused, as the baseline, which leaves them out, has them."""
+    return [
+        v if v.get("allowed") else {**v, "allowed": True, "allowed_by": SKIPPED}
+        for v in violations
+    ]
 
 
 def _merge(current: str, when: str, outcome: str) -> str:

@@ -181,6 +181,39 @@ async def test_known_to_block():
     django_project.run(*args).assert_outcomes(passed=3, xfailed=1)
 
 
+def test_findings_of_xfailed_and_skipped_tests_are_excused_in_the_report(
+    django_project: DjangoProject,
+) -> None:
+    """Neither test fails the run, and the baseline leaves both out: the JSON gate of ci.md
+    (``not violation["allowed"]``) must agree, and the summary must not call them unexcused."""
+    django_project.tests(
+        """
+import time
+
+import pytest
+
+from pytest_djasync import AsyncSafetyFailure
+
+
+@pytest.mark.xfail(raises=AsyncSafetyFailure, strict=True)
+@pytest.mark.asyncio
+async def test_known_to_block():
+    time.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_skips_itself():
+    time.sleep(0.001)
+    pytest.skip("not here")
+"""
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(skipped=1, xfailed=1)
+    found = [v for test in report["tests"] for v in test["violations"]]
+    assert [(v["allowed"], v["allowed_by"]) for v in found] == [(True, "xfail or skip")] * 2
+    result.stdout.fnmatch_lines(["djasync: 2 findings in 2 of 2 tests *; 0 unexcused, *"])
+
+
 def test_baseline_survives_unrelated_edits(django_project: DjangoProject) -> None:
     django_project.tests(SUITE)
     django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
