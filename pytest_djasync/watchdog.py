@@ -123,6 +123,9 @@ _threshold_s = 0.1
 _local = threading.local()
 _steps: dict[int, _Step] = {}
 _original_run: Callable[[asyncio.Handle], None] = asyncio.Handle._run
+# Our wrapper is still inside one someone put over it (aiodebug's) when we last stopped: it
+# stays the timer, as ``_original_run`` stays what it calls; wrapping theirs would loop.
+_left_behind = False
 _function = types.FunctionType
 _method = types.MethodType
 
@@ -686,10 +689,12 @@ class Watchdog:
         global _enabled, _cpu_per_step, _original_run, _local, _watchdog_ident
         self.set_threshold(threshold_ms)
         _cpu_per_step = _thread_cpu(threading.get_native_id()) is None
-        _original_run = asyncio.Handle.__dict__["_run"]
+        current = asyncio.Handle.__dict__["_run"]
+        if current is not _timed_run and not _left_behind:
+            _original_run = current
+            asyncio.Handle._run = _timed_run  # type: ignore[method-assign]
         _local = threading.local()
         _steps.clear()
-        asyncio.Handle._run = _timed_run  # type: ignore[method-assign]
         self._installed = _timed_run
         gc.callbacks.append(_gc_log)
         _enabled = True
@@ -700,14 +705,17 @@ class Watchdog:
         _watchdog_ident = self._thread.ident or 0
 
     def stop(self) -> None:
-        global _enabled
+        global _enabled, _left_behind
         _enabled = False
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if asyncio.Handle.__dict__.get("_run") is self._installed:
+        _left_behind = self._installed is not None and (
+            asyncio.Handle.__dict__.get("_run") is not self._installed
+        )
+        if self._installed is not None and not _left_behind:
             asyncio.Handle._run = _original_run  # type: ignore[method-assign,assignment]
         # else someone wrapped us: leave their wrapper; ours is inert while disabled
         if _gc_log in gc.callbacks:

@@ -1849,3 +1849,58 @@ def test_an_error_of_a_guarded_call_is_shown_from_the_users_line(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ValueError: sleep length must be non-negative*"])
     assert "guard.py" not in result.stdout.str()
+
+
+def test_a_step_timer_someone_wrapped_is_reused_not_wrapped_again(
+    django_project: DjangoProject,
+) -> None:
+    """aiodebug wraps ``Handle._run`` over ours in one marked test; ours stays inside theirs when
+    the test's watch stops. The next marked test's watch used to wrap theirs again, and theirs
+    called ours, which called theirs: RecursionError, or a hang inside ``asyncio.run``."""
+    django_project.tests(
+        """
+        import asyncio
+
+        import pytest
+
+        from pytest_djasync import watchdog
+
+
+        def slow_callback_logger():  # what aiodebug.log_slow_callbacks.enable() does
+            run = asyncio.Handle._run
+
+            def instrumented(self):
+                return run(self)
+
+            asyncio.Handle._run = instrumented
+
+
+        async def timed():
+            return watchdog.current_step() is not None
+
+
+        def run(coroutine):
+            loop = asyncio.new_event_loop()
+            try:
+                return loop.run_until_complete(coroutine)
+            finally:
+                loop.close()
+
+
+        @pytest.mark.djasync_block_ms(100)
+        def test_first():
+            slow_callback_logger()
+            assert run(timed())
+
+
+        @pytest.mark.djasync_block_ms(100)
+        def test_second():
+            assert run(timed())  # still timed, through their wrapper
+
+
+        def test_unwatched():
+            assert not run(timed())
+        """
+    )
+    result = django_project.run("-p", "no:randomly")  # no --djasync: one watch per marked test
+    result.assert_outcomes(passed=3)
