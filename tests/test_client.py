@@ -766,3 +766,40 @@ def test_a_large_body_reaches_the_app_in_pieces_with_the_loop_free_between_them(
     assert len(pieces) == 17  # 16 pieces (15 whole, the rest) and the end of the body
     data_ticks = [seen for size, seen in pieces if size]
     assert data_ticks == sorted(set(data_ticks))  # strictly increasing: the loop ran between
+
+
+def test_csrf_is_checked_and_the_documented_token_round_trip_passes(
+    django_project: DjangoProject,
+) -> None:
+    """asgi_client goes through CsrfViewMiddleware as a browser would (reference.md)."""
+    django_project.views(
+        """
+        from django.http import HttpResponse
+        from django.middleware.csrf import get_token
+
+
+        async def form(request):
+            return HttpResponse(get_token(request))  # sets the csrftoken cookie
+
+
+        async def submit(request):
+            return HttpResponse("saved")
+        """
+    )
+    run_passing(
+        django_project,
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(asgi_client, settings):
+            settings.MIDDLEWARE = ["django.middleware.csrf.CsrfViewMiddleware"]
+            assert (await asgi_client.post("/submit/", data={"a": "1"})).status_code == 403
+            await asgi_client.get("/form/")
+            token = asgi_client.cookies["csrftoken"]
+            response = await asgi_client.post(
+                "/submit/", data={"a": "1"}, headers={"X-CSRFToken": token}
+            )
+            assert response.text == "saved"
+        """,
+    )
