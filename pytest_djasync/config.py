@@ -17,7 +17,7 @@ T = TypeVar("T")
 GUARD_GROUPS = ("sleep", "socket", "dns", "select", "subprocess", "http", "file")
 DEFAULT_GUARDS = frozenset(GUARD_GROUPS) - {"file"}  # small template/config reads are harmless
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
 
 
 class Setting(Generic[T]):
@@ -209,12 +209,14 @@ def _pick(
     config: pytest.Config, option: _Option, parse: Callable[[str], T], default: T
 ) -> Setting[T]:
     cli = config.getoption(option.flag.lstrip("-").replace("-", "_"))
+    ini = config.getini(option.ini)
+    from_ini = None
+    if ini is not None and ini != "" and ini != []:  # a TOML ``false`` or ``0`` is a value
+        # Read even when the command line wins: a bad value in the file is a bad file.
+        from_ini = _parsed(parse, _text(ini), _ini_source(config, option.ini))
     if cli is not None:
         return _parsed(parse, _text(cli), option.flag)
-    ini = config.getini(option.ini)
-    if ini is not None and ini != "" and ini != []:  # a TOML ``false`` or ``0`` is a value
-        return _parsed(parse, _text(ini), _ini_source(config, option.ini))
-    return Setting(default, "default")
+    return from_ini if from_ini is not None else Setting(default, "default")
 
 
 def _ini_source(config: pytest.Config, name: str) -> str:
@@ -250,7 +252,7 @@ def parse_bool(raw: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise ValueError(f"{raw!r} is not a boolean; use one of: {', '.join(_TRUE + _FALSE[:-1])}")
+    raise ValueError(f"{raw!r} is not a boolean; use one of: {', '.join(_TRUE + _FALSE)}")
 
 
 def parse_block_ms(raw: str | float) -> float:
@@ -266,12 +268,14 @@ def parse_block_ms(raw: str | float) -> float:
 
 
 def parse_guards(raw: str) -> frozenset[str]:
-    words = raw.replace(",", " ").split()
+    words = raw.replace(",", " ").lower().split()
     choices = ", ".join(("default", "none", *GUARD_GROUPS))
     if not words:  # an empty value is more likely a slip than a wish to turn the guard off
         raise ValueError(
             f"no guard group given; write 'none' for no guard, or choose from: {choices}"
         )
+    if "none" in words and len(words) > 1:  # "none,sleep" is a contradiction, not "sleep"
+        raise ValueError(f"'none' cannot be combined with other guards; choose from: {choices}")
     chosen: set[str] = set()
     for word in words:
         if word == "default":

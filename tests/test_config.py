@@ -262,6 +262,21 @@ PATTERN_BAD = "is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
             "",
             f"--djasync-db-thread: 'sometimes' is not a boolean; {BOOL_CHOICES}",
         ),
+        (
+            ["--djasync-db-thread="],
+            "",
+            f"--djasync-db-thread: '' is not a boolean; {BOOL_CHOICES}",
+        ),
+        (
+            ["--djasync-guard=none,sleep"],
+            "",
+            f"--djasync-guard: 'none' cannot be combined with other guards; {GUARD_CHOICES}",
+        ),
+        (
+            ["--djasync"],
+            "djasync = maybe",
+            f"djasync in pytest.ini: 'maybe' is not a boolean; {BOOL_CHOICES}",
+        ),
     ],
 )
 def test_bad_value_is_a_usage_error(
