@@ -15,6 +15,7 @@ the connection goes back to the pool). Mocked requests never reach httpcore: ``s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import math
@@ -256,41 +257,48 @@ def _in_thread_sensitive_executor() -> bool:
     return False
 
 
-def _on_the_wire(call: Call, event: str) -> None:
-    """Move the call's times to its connection's, as httpcore's trace events tell them."""
-    if call.end is not None:
-        return
-    now = _perf()
-    if not call.queued and event.endswith(".started"):  # the first event: it has a connection
-        call.queued = max(now - call.start, 1e-9)
-        call.start = now
-    elif event.endswith(".response_closed.started"):  # read; the connection is not back yet
-        call.end = now
+class _Wire:
+    """One call's httpcore trace events: when it had a connection, when its response was read.
+    A ``trace`` callback of the caller's own still gets every event."""
+
+    def __init__(self, call: Call, theirs: Any) -> None:
+        self.call = call
+        self.theirs = theirs
+        self.read: float | None = None  # the last response read: a redirect's final one
+
+    def _event(self, name: str) -> None:
+        call = self.call
+        now = _perf()
+        if not call.queued and name.endswith(".started"):  # the first event: it has a connection
+            call.queued = max(now - call.start, 1e-9)
+            call.start = now
+        elif name.endswith(".response_closed.started"):  # the connection is not back yet
+            self.read = now
+
+    async def atrace(self, name: str, info: dict[str, Any]) -> None:
+        self._event(name)
+        if self.theirs is not None:
+            await self.theirs(name, info)
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        self._event(name)
+        if self.theirs is not None:
+            self.theirs(name, info)
 
 
-def _async_trace(call: Call, theirs: Any) -> Callable[..., Any]:
-    async def trace(event: str, info: dict[str, Any]) -> None:
-        _on_the_wire(call, event)
-        if theirs is not None:
-            await theirs(event, info)
-
-    return trace
-
-
-def _sync_trace(call: Call, theirs: Any) -> Callable[..., Any]:
-    def trace(event: str, info: dict[str, Any]) -> None:
-        _on_the_wire(call, event)
-        if theirs is not None:
-            theirs(event, info)
-
-    return trace
-
-
-def _restore(request: httpx.Request, theirs: Any) -> None:
-    if theirs is None:
-        request.extensions.pop("trace", None)
-    else:
-        request.extensions["trace"] = theirs
+@contextlib.contextmanager
+def _timing(request: httpx.Request, call: Call, is_async: bool) -> Iterator[None]:
+    theirs = request.extensions.get("trace")
+    wire = _Wire(call, theirs)
+    request.extensions["trace"] = wire.atrace if is_async else wire.trace
+    try:
+        yield
+    finally:
+        if theirs is None:
+            request.extensions.pop("trace", None)
+        else:
+            request.extensions["trace"] = theirs
+        call.end = wire.read if wire.read is not None else _perf()
 
 
 def _timing_async(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -298,15 +306,8 @@ def _timing_async(original: Callable[..., Any]) -> Callable[..., Any]:
     async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
         if not _recorders or not _outbound(self, request):
             return await original(self, request, **kwargs)
-        call = _begin(request, is_async=True)
-        theirs = request.extensions.get("trace")
-        request.extensions["trace"] = _async_trace(call, theirs)
-        try:
+        with _timing(request, _begin(request, is_async=True), is_async=True):
             return await original(self, request, **kwargs)
-        finally:
-            _restore(request, theirs)
-            if call.end is None:
-                call.end = _perf()
 
     return send
 
@@ -316,15 +317,8 @@ def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> Any:
         if not _recorders or not _outbound(self, request):
             return original(self, request, **kwargs)
-        call = _begin(request, is_async=False)
-        theirs = request.extensions.get("trace")
-        request.extensions["trace"] = _sync_trace(call, theirs)
-        try:
+        with _timing(request, _begin(request, is_async=False), is_async=False):
             return original(self, request, **kwargs)
-        finally:
-            _restore(request, theirs)
-            if call.end is None:
-                call.end = _perf()
 
     return send
 
