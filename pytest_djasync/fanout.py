@@ -285,19 +285,30 @@ class _Wire:
         if self.theirs is not None:
             self.theirs(name, info)
 
-
-@contextlib.contextmanager
-def _timing(request: httpx.Request, call: Call, is_async: bool) -> Iterator[None]:
-    theirs = request.extensions.get("trace")
-    wire = _Wire(call, theirs)
-    request.extensions["trace"] = wire.atrace if is_async else wire.trace
-    try:
-        yield
-    finally:
-        if theirs is None:
+    def hand_back(self, request: httpx.Request) -> None:
+        """Put the caller's own ``trace`` (or none) back where ours is."""
+        if request.extensions.get("trace") not in (self.atrace, self.trace):
+            return
+        if self.theirs is None:
             request.extensions.pop("trace", None)
         else:
-            request.extensions["trace"] = theirs
+            request.extensions["trace"] = self.theirs
+
+    def hand_back_all(self, response: httpx.Response) -> None:
+        """Redirects copy the extensions into each new request: the response's and its
+        history's requests carry ours too."""
+        for hop in [*response.history, response]:
+            self.hand_back(hop.request)
+
+
+@contextlib.contextmanager
+def _timing(request: httpx.Request, call: Call, is_async: bool) -> Iterator[_Wire]:
+    wire = _Wire(call, request.extensions.get("trace"))
+    request.extensions["trace"] = wire.atrace if is_async else wire.trace
+    try:
+        yield wire
+    finally:
+        wire.hand_back(request)
         call.end = wire.read if wire.read is not None else _perf()
 
 
@@ -306,8 +317,10 @@ def _timing_async(original: Callable[..., Any]) -> Callable[..., Any]:
     async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
         if not _recorders or not _outbound(self, request):
             return await original(self, request, **kwargs)
-        with _timing(request, _begin(request, is_async=True), is_async=True):
-            return await original(self, request, **kwargs)
+        with _timing(request, _begin(request, is_async=True), is_async=True) as wire:
+            response = await original(self, request, **kwargs)
+            wire.hand_back_all(response)
+            return response
 
     return send
 
@@ -317,8 +330,10 @@ def _timing_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> Any:
         if not _recorders or not _outbound(self, request):
             return original(self, request, **kwargs)
-        with _timing(request, _begin(request, is_async=False), is_async=False):
-            return original(self, request, **kwargs)
+        with _timing(request, _begin(request, is_async=False), is_async=False) as wire:
+            response = original(self, request, **kwargs)
+            wire.hand_back_all(response)
+            return response
 
     return send
 

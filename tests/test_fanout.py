@@ -418,6 +418,58 @@ def test_a_pool_limit_serializes_the_fan_out_and_is_named(project: DjangoProject
     )
 
 
+def test_a_redirected_call_is_timed_to_its_last_response_and_their_trace_is_theirs(
+    project: DjangoProject,
+) -> None:
+    project.tests(
+        """
+        import http.server
+        import threading
+        import time
+
+        import httpx
+
+
+        class Redirecting(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(302 if self.path == "/a" else 200)
+                self.send_header("Location", "/b")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+
+        def test_redirect(djasync_fanout):
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            events = []
+            read = []  # when each response was read, just after the plugin saw it
+
+            def theirs(name, info):
+                events.append(name)
+                if name.endswith("response_closed.started"):
+                    read.append(time.perf_counter())
+
+            with httpx.Client(follow_redirects=True) as client:
+                response = client.get(
+                    f"http://127.0.0.1:{server.server_address[1]}/a",
+                    extensions={"trace": theirs},
+                )
+            server.shutdown()
+            assert [r.status_code for r in [*response.history, response]] == [302, 200]
+            assert sum(name.endswith("response_closed.started") for name in events) == 2
+            [call] = djasync_fanout.calls
+            assert read[0] < call.end <= read[1]  # the last response, not the redirect's
+            assert call.queued > 0
+            for hop in [*response.history, response]:
+                assert hop.request.extensions["trace"] is theirs
+        """
+    )
+    project.run().assert_outcomes(passed=1)
+
+
 # -- 7: the djasync_fanout fixture -------------------------------------------------------------
 
 
