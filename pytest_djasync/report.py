@@ -232,12 +232,14 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
     ]
     for number, crossing in enumerate(recorder, 1):
         lines.append(f"{number:3}. {crossing.line()}")
-    djangos = [c.djangos_middleware for c in recorder if c.djangos_middleware]
-    avoidable = [
-        c
-        for c in recorder
-        if c.origin not in ("handler", "test-client") and not c.djangos_middleware
-    ]
+    djangos: list[str] = []  # Django's own middleware: only removable
+    avoidable = []
+    for crossing in recorder:
+        middleware = crossing.djangos_middleware
+        if middleware:
+            djangos.append(middleware)
+        elif crossing.origin not in ("handler", "test-client"):
+            avoidable.append(crossing)
     if not avoidable and not djangos:
         return "\n".join(
             [
