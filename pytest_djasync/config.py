@@ -46,21 +46,25 @@ class Settings(NamedTuple):
     def header_lines(self) -> list[str]:
         state = "on" if self.enabled.value else "off (use --djasync to watch this run)"
         guards = " ".join(sorted(self.guard.value)) or "none"
-        lines = [
-            f"djasync: {state} [{self.enabled.source}]",
-            f"  block_ms={self.block_ms.value:g} [{self.block_ms.source}]",
-            f"  report={self.report.value or 'none'} [{self.report.source}]",
-            f"  guard={guards} [{self.guard.source}]",
-            f"  db_thread={self._db_thread_state()} [{self.db_thread.source}]",
+        settings = [
+            (f"block_ms={self.block_ms.value:g}", self.block_ms),
+            (f"report={self.report.value or 'none'}", self.report),
+            (f"guard={guards}", self.guard),
+            (f"db_thread={self._db_thread_state()}", self.db_thread),
         ]
         if self.mode.value != "fail":
-            lines.append(f"  mode={self.mode.value} [{self.mode.source}]")
+            settings.append((f"mode={self.mode.value}", self.mode))
         if self.baseline.value is not None:
             write = " (rewriting it)" if self.baseline_write else ""
-            lines.append(f"  baseline={self.baseline.value}{write} [{self.baseline.source}]")
+            settings.append((f"baseline={self.baseline.value}{write}", self.baseline))
         if self.allow.value:
-            lines.append(f"  allow={', '.join(self.allow.value)} [{self.allow.source}]")
-        return lines
+            settings.append((f"allow={', '.join(self.allow.value)}", self.allow))
+        if not self.enabled.value:
+            # Installed but off, a run should read as if the plugin were absent: one line, and
+            # only the settings someone chose (the markers of such a run still use them).
+            settings = [(text, s) for text, s in settings if s.source != "default"]
+        lines = [f"djasync: {state} [{self.enabled.source}]"]
+        return lines + [f"  {text} [{s.source}]" for text, s in settings]
 
     def _db_thread_state(self) -> str:
         if not self.db_thread.value:

@@ -16,11 +16,11 @@ import pytest
 from tests.conftest import DjangoProject
 
 DEFAULT_HEADER = [
-    "djasync: off (use --djasync to watch this run) [default]",
+    "djasync: on [--djasync]",
     "  block_ms=100 [default]",
     "  report=none [default]",
     "  guard=dns http select sleep socket subprocess [default]",
-    "  db_thread=on, unused without --djasync [default]",
+    "  db_thread=on [default]",
 ]
 
 
@@ -63,7 +63,21 @@ def usage_error(pytester: pytest.Pytester, *args: str) -> str:
 
 
 def test_header_shows_defaults(project: pytest.Pytester) -> None:
-    assert header(project) == DEFAULT_HEADER
+    assert header(project, "--djasync") == DEFAULT_HEADER
+
+
+def test_header_is_one_line_when_off(project: pytest.Pytester) -> None:
+    """Installed but not enabled, a run reads as if the plugin were absent, but for one line."""
+    assert header(project) == ["djasync: off (use --djasync to watch this run) [default]"]
+
+
+def test_header_when_off_shows_the_settings_someone_chose(project: pytest.Pytester) -> None:
+    write_ini(project, "djasync_db_thread = true")
+    assert header(project, "--djasync-block-ms=50") == [
+        "djasync: off (use --djasync to watch this run) [default]",
+        "  block_ms=50 [--djasync-block-ms]",
+        "  db_thread=on, unused without --djasync [djasync_db_thread in pytest.ini]",
+    ]
 
 
 def test_header_shows_command_line_value(project: pytest.Pytester) -> None:
@@ -109,9 +123,7 @@ def test_pyproject_ini_options(project: pytest.Pytester) -> None:
     assert header(project) == [
         "djasync: off (use --djasync to watch this run) [default]",
         "  block_ms=80 [djasync_block_ms in pyproject.toml]",
-        "  report=none [default]",
         "  guard=sleep [djasync_guard in pyproject.toml]",
-        "  db_thread=on, unused without --djasync [default]",
         "  allow=legacy.client:*, vendor.*:fetch [djasync_allow in pyproject.toml]",
     ]
 
