@@ -34,7 +34,7 @@ import suites  # noqa: E402
 
 ROOT = HERE / ".work" / "request-cost"
 CALIBRATION = {"cpu_loop_iterations": 1, "pbkdf2_iterations": 1, "cte_rows": 1}
-GUARDS = ("sleep", "socket", "dns", "select", "subprocess", "http")
+GUARDS = ("sleep", "socket", "dns", "select", "subprocess", "http", "wait")
 
 
 def _setup() -> None:

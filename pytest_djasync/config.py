@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import pytest
 
 T = TypeVar("T")
 
-GUARD_GROUPS = ("sleep", "socket", "dns", "select", "subprocess", "http", "file")
+GUARD_GROUPS = ("sleep", "socket", "dns", "select", "subprocess", "http", "wait", "file")
 DEFAULT_GUARDS = frozenset(GUARD_GROUPS) - {"file"}  # small template/config reads are harmless
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -46,7 +46,7 @@ class Settings(NamedTuple):
     def header_lines(self) -> list[str]:
         state = "on" if self.enabled.value else "off (use --djasync to watch this run)"
         guards = " ".join(sorted(self.guard.value)) or "none"
-        settings = [
+        settings: list[tuple[str, Setting[Any]]] = [
             (f"block_ms={self.block_ms.value:g}", self.block_ms),
             (f"report={self.report.value or 'none'}", self.report),
             (f"guard={guards}", self.guard),

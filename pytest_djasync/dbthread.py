@@ -25,6 +25,7 @@ import contextlib
 import functools
 import weakref
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -100,7 +101,11 @@ class DatabaseThread:
                 asyncio.get_running_loop()
             except RuntimeError:
                 return enter(context)
-            return executor.submit(_bind_and_enter, enter, context).result()
+            # The test's own set-up, a moment's wait: done before .result(), which the guard's
+            # `wait` group would otherwise report as the loop waiting on a thread.
+            entered = executor.submit(_bind_and_enter, enter, context)
+            futures.wait([entered])
+            return entered.result()
 
         return __enter__
 

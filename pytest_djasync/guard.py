@@ -30,6 +30,8 @@ FIX = {
     "subprocess": f"use asyncio.create_subprocess_exec(...) or {_OFFLOAD}",
     "http": f"await an async HTTP client (httpx.AsyncClient) or {_OFFLOAD}",
     "file": f"read and write files off the loop: {_OFFLOAD}",
+    "wait": "await it instead: await asyncio.wrap_future(future), or submit with"
+    " await loop.run_in_executor(pool, fn, ...)",
 }
 
 
@@ -46,6 +48,12 @@ def _process_running(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     # Waiting on a process already reaped returns at once: subprocess.run's last wait(), after
     # communicate() (the call that blocked, reported already), is no second finding.
     return getattr(args[0], "returncode", None) is None
+
+
+def _future_pending(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    # A done future hands its result over at once; so does a wait of timeout=0.
+    timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
+    return timeout != 0 and not args[0].done()
 
 
 def _is_the_loops_selector(selector: Any) -> bool:
@@ -143,6 +151,17 @@ TARGETS: tuple[Target, ...] = (
     *(
         Target("http", "httpx", "", name, f"httpx.{name}")
         for name in ("request", "get", "options", "head", "post", "put", "patch", "delete")
+    ),
+    *(
+        Target(
+            "wait",
+            "concurrent.futures",
+            "Future",
+            name,
+            f"concurrent.futures.Future.{name}",
+            _future_pending,
+        )
+        for name in ("result", "exception")
     ),
     Target("file", "builtins", "", "open", "open"),
     Target("file", "io", "", "open", "io.open"),

@@ -19,7 +19,7 @@ DEFAULT_HEADER = [
     "djasync: on [--djasync]",
     "  block_ms=100 [default]",
     "  report=none [default]",
-    "  guard=dns http select sleep socket subprocess [default]",
+    "  guard=dns http select sleep socket subprocess wait [default]",
     "  db_thread=on [default]",
 ]
 
@@ -169,7 +169,7 @@ def test_every_setting_from_the_command_line(project: pytest.Pytester) -> None:
         "djasync: on [--djasync]",
         "  block_ms=250.5 [--djasync-block-ms]",
         "  report=out/report.json [--djasync-report]",
-        "  guard=dns file http select sleep socket subprocess [--djasync-guard]",
+        "  guard=dns file http select sleep socket subprocess wait [--djasync-guard]",
         "  db_thread=off [--djasync-db-thread]",
         "  allow=legacy.client:*, vendor.*:fetch [--djasync-allow]",
     ]
@@ -200,8 +200,8 @@ def test_every_setting_from_the_ini_file(project: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
-        ("default file", "dns file http select sleep socket subprocess"),
-        ("default,file", "dns file http select sleep socket subprocess"),
+        ("default file", "dns file http select sleep socket subprocess wait"),
+        ("default,file", "dns file http select sleep socket subprocess wait"),
         ("sleep", "sleep"),
         ("file  http", "file http"),
         ("none", "none"),
@@ -221,7 +221,9 @@ def test_boolean_words_in_ini(project: pytest.Pytester, word: str, shown: str) -
 
 BLOCK_MS_BAD = "is not a valid threshold; give a positive number of milliseconds, e.g. 100"
 BOOL_CHOICES = "use one of: 1, true, yes, on, 0, false, no, off"
-GUARD_CHOICES = "choose from: default, none, sleep, socket, dns, select, subprocess, http, file"
+GUARD_CHOICES = (
+    "choose from: default, none, sleep, socket, dns, select, subprocess, http, wait, file"
+)
 PATTERN_BAD = "is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
 
 

@@ -67,6 +67,7 @@ def upstream():
 """
 
 BLOCKING_VIEWS = """
+import concurrent.futures
 import http.client
 import os
 import select
@@ -163,6 +164,14 @@ async def with_httpx_get(request):
     return _ok()
 
 
+_POOL = concurrent.futures.ThreadPoolExecutor(1)
+
+
+async def waits_on_a_thread(request):
+    _POOL.submit(time.sleep, 0.01).result()
+    return _ok()
+
+
 async def with_http_client(request):
     url = urllib.parse.urlsplit(request.GET["url"])
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
@@ -178,7 +187,7 @@ import pytest
 CASES = [
     "sleeps", "socket_pair", "socket_send_recv", "dns", "selects", "a_selector", "subprocess_run",
     "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_httpx_get",
-    "with_http_client",
+    "with_http_client", "waits_on_a_thread",
 ]
 
 
@@ -204,6 +213,10 @@ EXPECTED_CALLS = {
     "with_httpx_client": ("httpx.Client.send", "client.get("),
     "with_httpx_get": ("httpx.get", "httpx.get("),
     "with_http_client": ("http.client.HTTPConnection.request", 'connection.request("GET", "/")'),
+    "waits_on_a_thread": (
+        "concurrent.futures.Future.result",
+        "_POOL.submit(time.sleep, 0.01).result()",
+    ),
 }
 
 
@@ -674,6 +687,7 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
 
 CLEAN_VIEWS = """
 import asyncio
+import concurrent.futures
 import logging
 import time
 
@@ -692,6 +706,11 @@ async def offloaded(request):
     await sync_to_async(time.sleep)(0.2)
     await sync_to_async(time.sleep, thread_sensitive=False)(0.2)
     await asyncio.to_thread(time.sleep, 0.2)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(time.sleep, 0.2)
+        await asyncio.wrap_future(future)
+        future.result()  # done: hands the result over at once
+        await asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.2)
     return HttpResponse("ok")
 
 
