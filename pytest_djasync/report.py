@@ -24,27 +24,45 @@ def _source(frame: Frame | None) -> str:
     return linecache.getline(frame.path, frame.line).strip()
 
 
+# Without -v, a test's failure lists this many findings and the summary this many locations:
+# a test (or a suite) with hundreds of them would bury pytest's own output.
+SHOWN_FINDINGS = 10
+SHOWN_LOCATIONS = 30
+
+
 def failure_text(found: Sequence[Finding], block_ms: float, root: Path, verbose: bool) -> str:
-    """Why a test failed: every finding with its line, request and fix; stacks with ``-v``."""
+    """Why a test failed: every finding (the first ``SHOWN_FINDINGS`` without ``-v``) with its
+    line, request and fix; stacks with ``-v``."""
     noun = "problem" if len(found) == 1 else "problems"
     lines = [f"pytest-djasync: {len(found)} async-safety {noun} (stall threshold {block_ms:g} ms)"]
-    for number, finding in enumerate(found, 1):
+    shown = found if verbose else found[:SHOWN_FINDINGS]
+    for number, finding in enumerate(shown, 1):
         lines.append("")
-        lines.append(f"{number}. {finding.message(root)}")
-        source = _source(finding.location)
-        if source:
-            lines.append(f"       {source}")
-        if finding.request:
-            lines.append(f"   while serving: {finding.request}")
-        if finding.thread != "MainThread":
-            lines.append(f"   thread: {finding.thread}")
-        lines.append(f"   fix: {finding.fix}")
-        if finding.note:
-            lines.append(f"   note: {finding.note}")
-        lines.extend(_stack_lines(finding, root, verbose))
+        lines += _finding_lines(number, finding, root, verbose)
+    if len(shown) < len(found):
+        more = len(found) - len(shown)
+        lines += [
+            "",
+            f"... and {more} more (run with -v to list them all, or see --djasync-report)",
+        ]
     if not verbose:
         lines += ["", "(run with -v for full stacks)"]
     return "\n".join(lines)
+
+
+def _finding_lines(number: int, finding: Finding, root: Path, verbose: bool) -> list[str]:
+    lines = [f"{number}. {finding.message(root)}"]
+    source = _source(finding.location)
+    if source:
+        lines.append(f"       {source}")
+    if finding.request:
+        lines.append(f"   while serving: {finding.request}")
+    if finding.thread != "MainThread":
+        lines.append(f"   thread: {finding.thread}")
+    lines.append(f"   fix: {finding.fix}")
+    if finding.note:
+        lines.append(f"   note: {finding.note}")
+    return lines + _stack_lines(finding, root, verbose)
 
 
 def _stack_lines(finding: Finding, root: Path, verbose: bool) -> list[str]:
@@ -62,24 +80,40 @@ def _stack_lines(finding: Finding, root: Path, verbose: bool) -> list[str]:
 Entry = dict[str, Any]  # one test's part of the JSON report
 
 
-def summary_lines(entries: Iterable[Entry]) -> list[str]:
-    """Findings grouped by the user's code location, with the tests that hit them."""
+def summary_lines(entries: Iterable[Entry], verbose: bool = True) -> list[str]:
+    """Findings grouped by the user's code location, with the tests that hit them; without
+    ``verbose``, the ``SHOWN_LOCATIONS`` locations hit most often."""
     groups: dict[tuple[_Where, str], list[tuple[str, Entry]]] = defaultdict(list)
     for entry in entries:
         for violation in entry["violations"]:
             groups[(_where(violation), violation["kind"])].append((entry["nodeid"], violation))
+    shown = sorted(groups)  # by path, then line as a number
+    if not verbose and len(shown) > SHOWN_LOCATIONS:
+        busiest = sorted(shown, key=lambda key: len(groups[key]), reverse=True)
+        shown = sorted(busiest[:SHOWN_LOCATIONS])
     lines = []
-    for (_, kind), hits in sorted(groups.items()):  # by path, then line as a number
-        first = hits[0][1]
-        place = _place(first)
-        reasons = {v.get("allowed_by") for _, v in hits}
-        excused = "" if None in reasons else f" [{', '.join(sorted(map(str, reasons)))}]"
-        lines.append(f"{place}: {kind} {first.get('what', '')}{excused}")
-        tests = sorted({nodeid for nodeid, _ in hits})
-        shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
-        lines.append(f"    in {len(tests)} test(s): {shown}")
-        lines.append(f"    fix: {first['fix']}")
+    for key in shown:
+        lines += _group_lines(key[1], groups[key])
+    if len(shown) < len(groups):
+        more = len(groups) - len(shown)
+        lines.append(
+            f"... and {more} more locations, hit less often"
+            " (run with -v to list them all, or see --djasync-report)"
+        )
     return lines
+
+
+def _group_lines(kind: str, hits: list[tuple[str, Entry]]) -> list[str]:
+    first = hits[0][1]
+    reasons = {v.get("allowed_by") for _, v in hits}
+    excused = "" if None in reasons else f" [{', '.join(sorted(map(str, reasons)))}]"
+    tests = sorted({nodeid for nodeid, _ in hits})
+    shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
+    return [
+        f"{_place(first)}: {kind} {first.get('what', '')}{excused}",
+        f"    in {len(tests)} test(s): {shown}",
+        f"    fix: {first['fix']}",
+    ]
 
 
 def totals_line(entries: Iterable[Entry], watched: int) -> str:

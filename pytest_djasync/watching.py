@@ -317,7 +317,7 @@ class WatchHooks:
         # A clean test's entry adds nothing here: only count those.
         entries = self.results.entries(None, detailed=self._detailed)
         tests = len(self.results) if self.enabled else len(entries)
-        lines = report.summary_lines(entries)
+        lines = report.summary_lines(entries, verbose=self.config.get_verbosity() > 0)
         costly = report.costliest_requests(entries)
         if costly:
             lines += ["costliest requests by sync/async crossings:", *costly]

@@ -524,6 +524,20 @@ def test_the_summary_orders_locations_by_line_number() -> None:
     ]
 
 
+def test_the_summary_shows_the_busiest_locations_without_v() -> None:
+    def hit(line: int) -> dict[str, Any]:
+        location = {"path": "shop/views.py", "line": line, "function": "view"}
+        return {"kind": "blocking-call", "location": location, "what": "time.sleep", "fix": "-"}
+
+    entries = [{"nodeid": f"t.py::t{line}", "violations": [hit(line)]} for line in range(1, 36)]
+    entries += [{"nodeid": f"t.py::u{n}", "violations": [hit(35)]} for n in range(4)]
+    places = [line for line in report.summary_lines(entries, verbose=False) if line[0] != " "]
+    assert len(places) == report.SHOWN_LOCATIONS + 1
+    assert "shop/views.py:35 in view: blocking-call time.sleep" in places  # hit by 5 tests
+    assert places[-1].startswith("... and 5 more locations, hit less often (run with -v")
+    assert len(report.summary_lines(entries, verbose=True)) == 35 * 3
+
+
 def test_each_rerun_is_judged_on_its_own(django_project: DjangoProject) -> None:
     """pytest-rerunfailures runs set-up, call and teardown again inside one protocol: each
     attempt has findings of its own, so a test that blocks every time fails every time, and the

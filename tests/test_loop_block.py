@@ -424,6 +424,30 @@ def test_failure_lists_every_finding_with_source_request_and_fix(
     verbose.stdout.fnmatch_lines(["*stack (most recent call last):", "*tproj/views.py:7 in *"])
 
 
+def test_a_failure_with_many_findings_lists_the_first_ten_without_v(
+    django_project: DjangoProject,
+) -> None:
+    sleeps = "".join(f"    time.sleep(0.001)  # sleep {n}\n" for n in range(1, 13))
+    django_project.tests(
+        f"import time\n\nimport pytest\n\n\n@pytest.mark.asyncio\nasync def test_it():\n{sleeps}"
+    )
+    result, report = django_project.report()
+    assert len(violations(report, "test_it")) == 12
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-djasync: 12 async-safety problems*",
+            "10. blocking call time.sleep()*",
+            "*# sleep 10",
+            "*",
+            "... and 2 more (run with -v to list them all, or see --djasync-report)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("11. *")
+    verbose = django_project.run("--djasync", "-v")
+    verbose.stdout.fnmatch_lines(["12. blocking call time.sleep()*", "*# sleep 12"])
+    verbose.stdout.no_fnmatch_line("*more (run with -v*")
+
+
 WHERE_VIEWS = """
 import asyncio
 import time
