@@ -127,9 +127,8 @@ def add_options(parser: pytest.Parser) -> None:
         group.addoption(option.flag, default=None, metavar="VALUE", help=option.help)
     group.addoption(
         "--djasync-warn",
-        action="store_const",
-        const="warn",
-        dest="djasync_mode",
+        action="store_true",
+        default=False,
         help="same as --djasync-mode=warn: for a first run on a large legacy suite",
     )
     group.addoption(
@@ -186,7 +185,7 @@ def resolve(config: pytest.Config) -> Settings:
         guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),
         allow=_pick(config, ALLOW, _parse_patterns, ()),
         db_thread=_pick(config, DB_THREAD, parse_bool, True),
-        mode=_pick(config, MODE, parse_mode, "fail"),
+        mode=_mode(config),
         baseline=_baseline(config),
         baseline_write=bool(config.getoption("djasync_baseline_write")),
     )
@@ -200,6 +199,18 @@ def _baseline(config: pytest.Config) -> Setting[Path | None]:
             " give --djasync-baseline=PATH (or djasync_baseline in the ini file)"
         )
     return baseline
+
+
+def _mode(config: pytest.Config) -> Setting[str]:
+    mode = _pick(config, MODE, parse_mode, "fail")
+    if not config.getoption("djasync_warn"):
+        return mode
+    if mode.source == MODE.flag and mode.value != "warn":
+        raise pytest.UsageError(
+            f"pytest-djasync: --djasync-warn and {MODE.flag}={mode.value} contradict each"
+            " other; give one of them"
+        )
+    return Setting("warn", "--djasync-warn")  # over the ini file's mode, as any flag is
 
 
 def parse_mode(raw: str) -> str:
@@ -309,8 +320,13 @@ def _parse_path(raw: str) -> Path | None:
 
 
 def _parse_patterns(raw: str) -> tuple[str, ...]:
-    patterns = tuple(p.strip() for p in raw.splitlines() if p.strip())
+    # The ini file's line list has no blank lines: a blank one is an empty --djasync-allow=.
+    patterns = tuple(p.strip() for p in raw.splitlines() or [raw])
     for pattern in patterns:
+        if not pattern:
+            raise ValueError(
+                "an empty pattern; give a 'module:function' pattern (e.g. 'myapp.legacy:*')"
+            )
         module, _, function = pattern.partition(":")
         if not module.strip() or not function.strip():
             raise ValueError(

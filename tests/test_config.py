@@ -211,6 +211,22 @@ def test_guard_values(project: pytest.Pytester, value: str, shown: str) -> None:
     assert f"  guard={shown} [--djasync-guard]" in header(project, f"--djasync-guard={value}")
 
 
+@pytest.mark.parametrize(
+    ("args", "ini", "shown"),
+    [
+        (["--djasync-warn"], "", "  mode=warn [--djasync-warn]"),
+        (["--djasync-warn", "--djasync-mode=warn"], "", "  mode=warn [--djasync-warn]"),
+        (["--djasync-warn"], "djasync_mode = fail", "  mode=warn [--djasync-warn]"),
+        (["--djasync-mode=warn"], "", "  mode=warn [--djasync-mode]"),
+    ],
+)
+def test_warn_flag_is_named_as_itself(
+    project: pytest.Pytester, args: list[str], ini: str, shown: str
+) -> None:
+    write_ini(project, ini)
+    assert shown in header(project, "--djasync", *args)
+
+
 @pytest.mark.parametrize(("word", "shown"), [("1", "on"), ("On", "on"), ("no", "off")])
 def test_boolean_words_in_ini(project: pytest.Pytester, word: str, shown: str) -> None:
     write_ini(project, f"djasync = {word}")
@@ -290,6 +306,13 @@ PATTERN_BAD = "is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
             ["--djasync"],
             "djasync = maybe",
             f"djasync in pytest.ini: 'maybe' is not a boolean; {BOOL_CHOICES}",
+        ),
+        (["--djasync-allow="], "", "--djasync-allow: an empty pattern; give a 'module:function'"),
+        (["--djasync-allow=ok:*", "--djasync-allow= "], "", "--djasync-allow: an empty pattern"),
+        (
+            ["--djasync-warn", "--djasync-mode=fail"],
+            "",
+            "--djasync-warn and --djasync-mode=fail contradict each other; give one of them",
         ),
     ],
 )
