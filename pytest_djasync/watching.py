@@ -161,7 +161,8 @@ class WatchHooks:
             self._check(item, plan, "call", test_failed=True, escaped=escaped)
             raise
         self._end_call(nodeid)
-        self._check(item, plan, "call", test_failed=False)
+        escaped = _unittest_error(item)
+        self._check(item, plan, "call", test_failed=escaped is not None, escaped=escaped)
         return result
 
     @pytest.hookimpl(wrapper=True)
@@ -413,3 +414,10 @@ def _shares_db(item: pytest.Item) -> bool:
         inspect.iscoroutinefunction(inspect.unwrap(function))
         or "live_asgi_server" in getattr(item, "fixturenames", ())
     )
+
+
+def _unittest_error(item: pytest.Item) -> BaseException | None:
+    """What a unittest ``TestCase`` (Django's) let out of the test: pytest's unittest support
+    raises nothing from the call, it keeps the error on the item for the report."""
+    kept = getattr(item, "_excinfo", None)
+    return kept[0].value if kept else None

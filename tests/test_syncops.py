@@ -154,6 +154,7 @@ def test_an_error_the_test_let_through_is_not_caught_by_it(django_project: Djang
     django_project.tests(
         """
         import pytest
+        from django.test import TransactionTestCase
 
         from tproj.models import Author, Post
 
@@ -175,11 +176,21 @@ def test_an_error_the_test_let_through_is_not_caught_by_it(django_project: Djang
                 Post.objects.get(title="hello")
             except Exception as error:
                 raise AssertionError("no post") from error
+
+        class TestDjangos(TransactionTestCase):  # pytest keeps a unittest error on the item
+            async def test_straight_out(self):
+                Author.objects.count()
+
+            async def test_through_the_client(self):
+                author = await Author.objects.acreate(name="Ada")
+                await Post.objects.acreate(title="hello", author=author)
+                await self.async_client.get("/lazy_fk/")
         """
     )
     result, report = django_project.report("-rA")
-    result.assert_outcomes(failed=3)
-    for test in ("test_through_the_client", "test_straight_out", "test_into_a_failure"):
+    result.assert_outcomes(failed=5)
+    tests = ("test_through_the_client", "test_straight_out", "test_into_a_failure")
+    for test in (*(f".py::{t}" for t in tests), *(f"TestDjangos::{t}" for t in tests[:2])):
         [found] = violations(report, test)
         assert found["kind"] == "sync-only", test
         assert found["allowed"] is False, (test, found.get("allowed_by"))
