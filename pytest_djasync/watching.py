@@ -161,8 +161,8 @@ class WatchHooks:
             self._check(item, plan, "call", test_failed=True, escaped=escaped)
             raise
         self._end_call(nodeid)
-        escaped = _unittest_error(item)
-        self._check(item, plan, "call", test_failed=escaped is not None, escaped=escaped)
+        kept = _unittest_error(item)
+        self._check(item, plan, "call", test_failed=kept is not None, escaped=kept)
         return result
 
     @pytest.hookimpl(wrapper=True)
