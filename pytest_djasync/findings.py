@@ -9,6 +9,7 @@ import contextvars
 import dataclasses
 import fnmatch
 import functools
+import inspect
 import os
 import sys
 import sysconfig
@@ -267,6 +268,50 @@ def user_frame(stack: Stack) -> Frame | None:
         if is_user_path(frame.path):
             return frame
     return stack[-1] if stack else None
+
+
+def live_user_frame(frame: FrameType | None) -> FrameType | None:
+    """The innermost frame of the project's own code from ``frame`` outwards, if any."""
+    while frame is not None and not is_user_path(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame
+
+
+_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+
+
+def fix_in(user: FrameType | None, fix: str) -> str:
+    """The fix, for the user's function that made the call: one that is sync (a helper, a
+    signal's sync receiver, a task) cannot await anything; its async caller has to hand it off.
+    ``fix`` is the one for async code."""
+    while user is not None and user.f_code.co_name in _COMPREHENSIONS:
+        user = user.f_back  # before Python 3.12 a comprehension is a function of its own
+    if user is None or user.f_code.co_flags & _ASYNC_CODE:
+        return fix
+    name = getattr(user.f_code, "co_qualname", user.f_code.co_name)
+    if _enqueued(user):
+        return (
+            f"{name}() is a task that .enqueue() ran on the event loop (the immediate backend"
+            " runs it at once, in the caller's thread): await task.aenqueue(...) instead"
+        )
+    return (
+        f"{name}() is a sync function run on the event loop: have its async caller await"
+        f" sync_to_async({name})(...) (a signal's sync receivers: await"
+        f" sync_to_async(signal.send)(...), or async receivers and Signal.asend);"
+        f" or make it async and {fix[0].lower()}{fix[1:]}"
+    )
+
+
+def _enqueued(frame: FrameType) -> bool:
+    """True when Django's tasks framework (6.0+) runs ``frame`` inside a sync ``enqueue()``."""
+    caller = frame.f_back
+    while caller is not None and "django" in caller.f_code.co_filename:
+        code = caller.f_code
+        if code.co_name == "enqueue" and f"{os.sep}tasks{os.sep}" in code.co_filename:
+            return True
+        caller = caller.f_back
+    return False
 
 
 def _importing(stack: Stack) -> bool:

@@ -407,6 +407,7 @@ def _report(step: Any, target: Target, caller: Any, took: float) -> None:
         if not findings.recording() or watchdog.debugger_attached():
             return
         stack = findings.capture(caller)
+        fix = findings.fix_in(findings.live_user_frame(caller), FIX[target.group])
         findings.record(
             Finding(
                 kind=findings.BLOCKING_CALL,
@@ -415,7 +416,7 @@ def _report(step: Any, target: Target, caller: Any, took: float) -> None:
                 stack=stack,
                 location=findings.user_frame(stack),
                 request=findings.current_request.get(),
-                fix=FIX[target.group],
+                fix=fix,
                 thread=step.name,
             )
         )

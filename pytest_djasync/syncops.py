@@ -9,7 +9,6 @@ QuerySet method, a Model method, an ``atomic`` block.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
@@ -87,7 +86,7 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         what, fix = lazy
     else:
         what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
-    return what, _fix_in(frame, fix)
+    return what, findings.fix_in(frame, fix)
 
 
 _LAZY_USER = (
@@ -116,24 +115,6 @@ def _lazy_request_attribute(code: CodeType) -> tuple[str, str] | None:
 
 _SYNC_CALL = "a sync database call"
 _WRAP = "wrap the sync ORM block in sync_to_async(...) and await it"
-_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
-_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
-
-
-def _fix_in(user: FrameType | None, fix: str) -> str:
-    """The fix, for the user's function that made the call: one that is sync (a helper, a
-    signal's sync receiver) cannot await anything; its async caller has to hand it off."""
-    while user is not None and user.f_code.co_name in _COMPREHENSIONS:
-        user = user.f_back  # before Python 3.12 a comprehension is a function of its own
-    if user is None or user.f_code.co_flags & _ASYNC_CODE:
-        return fix
-    name = getattr(user.f_code, "co_qualname", user.f_code.co_name)
-    return (
-        f"{name}() is a sync function run on the event loop: have its async caller await"
-        f" sync_to_async({name})(...) (a signal's sync receivers: await"
-        f" sync_to_async(signal.send)(...), or async receivers and Signal.asend);"
-        f" or make it async and {fix[0].lower()}{fix[1:]}"
-    )
 
 
 def _lazy_relation(frame: FrameType) -> tuple[str, str]:

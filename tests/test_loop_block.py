@@ -240,6 +240,79 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
     assert recv["location"]["line"] == line_of(BLOCKING_VIEWS, "right.recv(1, 0)")
 
 
+def test_a_blocking_call_in_a_sync_function_is_fixed_at_its_async_caller(
+    django_project: DjangoProject,
+) -> None:
+    """A sync helper (or a task a sync .enqueue() runs at once) cannot await asyncio.sleep."""
+    tasks = django.VERSION >= (6, 0)
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+
+        def pause():
+            time.sleep(0.001)
+
+
+        async def helper(request):
+            pause()
+            return HttpResponse("ok")
+
+
+        async def straight(request):
+            time.sleep(0.001)
+            return HttpResponse("ok")
+        """
+        + (
+            """
+
+        from django.tasks import task
+
+
+        @task
+        def nap():
+            time.sleep(0.001)
+
+
+        async def enqueues(request):
+            nap.enqueue()
+            return HttpResponse("ok")
+        """
+            if tasks
+            else ""
+        )
+    )
+    views = ["helper", "straight", *(["enqueues"] if tasks else [])]
+    django_project.tests(
+        f"""
+        import pytest
+
+        @pytest.mark.parametrize("view", {views!r})
+        @pytest.mark.asyncio
+        async def test_view(asgi_client, view):
+            assert (await asgi_client.get(f"/{{view}}/")).status_code == 200
+        """
+    )
+    _, report = django_project.report()
+    [helper] = violations(report, "test_view[helper]")
+    assert helper["location"]["function"] == "pause"
+    assert helper["fix"].startswith(
+        "pause() is a sync function run on the event loop: have its async caller await"
+        " sync_to_async(pause)(...)"
+    ), helper["fix"]
+    assert helper["fix"].endswith(
+        "or make it async and await asyncio.sleep(...) instead of time.sleep(...)"
+    )
+    [straight] = violations(report, "test_view[straight]")
+    assert straight["fix"] == "await asyncio.sleep(...) instead of time.sleep(...)"
+    if tasks:
+        [enqueued] = violations(report, "test_view[enqueues]")
+        assert enqueued["fix"].startswith("nap() is a task that .enqueue() ran on the event loop")
+        assert enqueued["fix"].endswith("await task.aenqueue(...) instead")
+
+
 @pytest.mark.parametrize(
     ("view", "call"),
     [
