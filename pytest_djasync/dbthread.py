@@ -10,7 +10,9 @@ one thread that uses the main thread's connection objects, the way Django's
 * ``SyncToAsync.single_thread_executor`` (sync work with no context) becomes that thread;
 * every ``ThreadSensitiveContext`` (one per request in Django's ``ASGIHandler``) maps to it too;
 * Django's ``close_old_connections`` receivers are disconnected, so a request's end does not
-  close the connection that holds the test's transaction;
+  close the connection that holds the test's transaction, and the shared connections ignore
+  ``close_old_connections()`` called outright (Channels calls it around every consumer call
+  and in ``database_sync_to_async``);
 * ``CaptureQueriesContext`` (behind pytest-django's ``django_assert_num_queries``) opens on
   the database thread when entered on the loop, where Django forbids touching the connection.
 
@@ -77,6 +79,10 @@ class DatabaseThread:
         from django.test.utils import CaptureQueriesContext
 
         self._patches = [
+            *(
+                patching.install(connection, "close_if_unusable_or_obsolete", _kept_open)
+                for connection in self._shared.values()
+            ),
             patching.install(SyncToAsync, "single_thread_executor", self._executor),
             patching.install(SyncToAsync, "context_to_thread_executor", _AllToOne(self._executor)),
             patching.install(
@@ -121,6 +127,11 @@ class DatabaseThread:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _kept_open() -> None:
+    """``close_if_unusable_or_obsolete`` of a shared connection, which ``close_old_connections()``
+    calls: it holds the test's transaction until pytest-django rolls it back."""
 
 
 def _adopt(shared: dict[str, Any]) -> None:

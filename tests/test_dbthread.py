@@ -85,6 +85,58 @@ def test_async_tests_share_the_test_transaction(
     assert "being accessed by other users" not in output
 
 
+def test_closing_old_connections_keeps_the_tests_connection(
+    django_project: DjangoProject, database: str
+) -> None:
+    """Channels calls close_old_connections() around every consumer call and in
+    database_sync_to_async: on the database thread that is the test's own connection, and
+    closing it lost the test's transaction ("Cannot operate on a closed database" on a file
+    SQLite database; an in-memory one ignores close())."""
+    if database == "sqlite":
+        django_project.settings('DATABASES["default"]["TEST"] = {"NAME": "test_db.sqlite3"}\n')
+    django_project.views(
+        VIEWS
+        + """
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+
+
+async def closes(request):
+    await sync_to_async(close_old_connections)()
+    return JsonResponse({"count": await Item.objects.acount()})
+"""
+    )
+    django_project.tests(
+        """
+        import pytest
+        from asgiref.sync import sync_to_async
+        from django.db import close_old_connections
+
+        from tproj.models import Item
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_closes_in_the_view(asgi_client):
+            await Item.objects.acreate(name="seed")
+            assert (await asgi_client.get("/closes/")).json() == {"count": 1}
+            assert await Item.objects.acount() == 1
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_closes_in_the_test():
+            await Item.objects.acreate(name="seed")
+            await sync_to_async(close_old_connections)()
+            assert await Item.objects.acount() == 1
+
+        @pytest.mark.django_db
+        def test_nothing_leaked():
+            assert Item.objects.count() == 0
+        """
+    )
+    django_project.run("--djasync", "-p", "no:randomly").assert_outcomes(passed=3)
+
+
 def test_without_the_plugin_the_problem_is_real(django_project: DjangoProject) -> None:
     """The same suite, plain pytest-django: seeded rows unseen, writes leaked, queries missed."""
     django_project.views(VIEWS)
