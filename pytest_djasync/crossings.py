@@ -26,7 +26,7 @@ from pytest_djasync import djangohooks, findings, patching
 
 SYNC_TO_ASYNC = "sync_to_async"
 ASYNC_TO_SYNC = "async_to_sync"
-ORIGINS = ("middleware", "view", "orm", "signal", "handler", "test-client", "user")
+ORIGINS = ("middleware", "view", "orm", "signal", "handler", "library", "test-client", "user")
 _CALLER_DEPTH = 8  # enough to get past asgiref and Django to the code that caused the hop
 _ASGIREF = "asgiref."
 
@@ -70,6 +70,13 @@ class Crossing:
                 cls = type(candidate)
                 return cls.__qualname__ if cls.__module__.startswith("django.") else None
         return None
+
+    @property
+    def package(self) -> str | None:
+        """The installed package (not Django) that made this hop itself, or ``None``."""
+        if self.origin != "library":
+            return None
+        return self.detail.rpartition("(by ")[2].rstrip(")")
 
     def _explain(self) -> tuple[str, str]:
         if self._explained is None:
@@ -300,10 +307,16 @@ def attribute(crossing: Crossing) -> tuple[str, str]:
 
 
 def _is_chain_link(func: Any) -> bool:
-    # convert_exception_to_response() wraps every link of the middleware chain; functools.wraps
-    # copies the wrapped callable's __module__, so ask the function's globals where it lives.
+    # convert_exception_to_response() wraps every link of the middleware chain in an ``inner``;
+    # functools.wraps copies the wrapped callable's __module__ and __name__, so ask the code
+    # and the globals. (response_for_exception, from the same module, is no link.)
     globals_ = getattr(func, "__globals__", None) or {}
-    return bool(globals_.get("__name__") == "django.core.handlers.exception")
+    code = getattr(func, "__code__", None)
+    return (
+        globals_.get("__name__") == "django.core.handlers.exception"
+        and code is not None
+        and code.co_name == "inner"
+    )
 
 
 def _shown(path: str) -> str:
@@ -323,10 +336,31 @@ def _by_caller(crossing: Crossing) -> tuple[str, str]:
         if findings.is_user_path(code.co_filename):
             return "user", f"{callable_name(crossing.func)} at {_shown(code.co_filename)}:{line}"
         origin = _django_origin(module, code.co_name)
+        if origin == "view" and _name(crossing.func) == "process_exception_by_middleware":
+            origin = "handler"  # a view raised: Django asks the middleware, in a thread
         if origin is not None:
             return origin, _django_detail(origin, crossing, code)
+        package = _installed_package(module, code.co_filename)
+        if package is not None:  # a library's own hop (adrf's fields, Channels' dispatch)
+            origin = "test-client" if _TESTING.intersection(module.split(".")) else "library"
+            return origin, f"{callable_name(crossing.func)} (by {package})"
+        # the standard library (functools, contextlib): the cause is further out
     where = crossing.user_line()
     return "user", callable_name(crossing.func) + (f" at {where}" if where else "")
+
+
+_TESTING = frozenset({"test", "testing", "tests"})  # rest_framework.test, channels.testing
+
+
+def _name(func: Any) -> str:
+    return str(getattr(_unwrap(func), "__name__", ""))
+
+
+def _installed_package(module: str, path: str) -> str | None:
+    """The top-level name of the installed package (other than Django) that ``path`` is in."""
+    if "site-packages" in path or "dist-packages" in path:
+        return module.partition(".")[0]
+    return None
 
 
 def _django_origin(module: str, function: str) -> str | None:
@@ -335,7 +369,7 @@ def _django_origin(module: str, function: str) -> str | None:
     if module.startswith("django.dispatch"):
         return "signal"
     if module == "django.core.handlers.base" and function == "_get_response_async":
-        return "view"
+        return "view"  # a sync view, or a TemplateResponse's render (see _by_caller)
     if module.startswith(("django.test", "pytest_django", "pytest_djasync")):
         return "test-client"
     if module.startswith("django."):
@@ -346,7 +380,10 @@ def _django_origin(module: str, function: str) -> str | None:
 def _django_detail(origin: str, crossing: Crossing, code: CodeType) -> str:
     if origin == "orm":
         return _qualname(code)  # QuerySet.aget, Model.asave, ...
-    return callable_name(crossing.func)
+    name = callable_name(crossing.func)
+    if origin == "view" and _name(crossing.func) == "render":
+        return f"{name} (a TemplateResponse, rendered after the view)"
+    return name
 
 
 _SIGNAL_MODULES = (

@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_djasync import fanout
 from pytest_djasync._io import write_text_atomically
-from pytest_djasync.crossings import Recorder
+from pytest_djasync.crossings import Crossing, Recorder
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
 
@@ -242,6 +242,8 @@ _CROSSING_ADVICE = {
     "hook": "replace the MiddlewareMixin hook with an async-capable middleware: each hook costs"
     " a hop per request",
     "view": "make the view async (async def) or serve it under WSGI",
+    "render": "return a rendered response instead of a TemplateResponse (or DRF's Response),"
+    " which Django renders in a thread after the view",
     "orm": "batch the ORM work in one sync_to_async(...) call instead of one a-method per query",
     "signal": "make the receiver async (async def) so Django can await it directly",
     "user": "an adapter call in the project's code: fold consecutive sync_to_async calls into"
@@ -254,6 +256,8 @@ _CROSSING_ADVICE = {
 def _advice(origin: str, detail: str) -> str:
     if origin == "middleware" and "MiddlewareMixin hook" in detail:
         return _CROSSING_ADVICE["hook"]
+    if origin == "view" and "(a TemplateResponse" in detail:
+        return _CROSSING_ADVICE["render"]
     return _CROSSING_ADVICE[origin]
 
 
@@ -266,15 +270,8 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
     ]
     for number, crossing in enumerate(recorder, 1):
         lines.append(f"{number:3}. {crossing.line()}")
-    djangos: list[str] = []  # Django's own middleware: only removable
-    avoidable = []
-    for crossing in recorder:
-        middleware = crossing.djangos_middleware
-        if middleware:
-            djangos.append(middleware)
-        elif crossing.origin not in ("handler", "test-client"):
-            avoidable.append(crossing)
-    if not avoidable and not djangos:
+    avoidable, djangos, packages = _sorted_out(recorder)
+    if not (avoidable or djangos or packages):
         return "\n".join(
             [
                 *lines,
@@ -298,7 +295,30 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
             " MiddlewareMixin hooks costs a hop per request in an async view; remove what the"
             " project does not need, or allow for the rest in the budget",
         ]
+    if packages:
+        names = ", ".join(dict.fromkeys(packages))
+        lines += [
+            "",
+            f"{len(packages)} of them made by installed packages themselves ({names}):"
+            " production pays them too; only using those packages differently (their async"
+            " API, less work per request) avoids them, or allow for them in the budget",
+        ]
     return "\n".join(lines)
+
+
+def _sorted_out(recorder: Recorder) -> tuple[list[Crossing], list[str], list[str]]:
+    """The crossings the project could avoid; Django's own middleware behind the others (only
+    removable); the installed packages that made the others themselves."""
+    avoidable, djangos, packages = [], [], []
+    for crossing in recorder:
+        middleware = crossing.djangos_middleware
+        if middleware:
+            djangos.append(middleware)
+        elif crossing.package:
+            packages.append(crossing.package)
+        elif crossing.origin not in ("handler", "test-client"):
+            avoidable.append(crossing)
+    return avoidable, djangos, packages
 
 
 def costliest_requests(entries: Iterable[Entry], top: int = 5) -> list[str]:

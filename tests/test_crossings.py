@@ -843,3 +843,128 @@ def test_a_counting_recorder_counts_what_an_explaining_one_explains(
         """
     )
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+# -- hops that Django's exception path, a TemplateResponse and installed packages make ----------
+
+PACKAGE = """
+from asgiref.sync import sync_to_async
+
+
+def _field(value):
+    return value
+
+
+async def serialize(values):  # as adrf's serializers do: one hop per field
+    return [await sync_to_async(_field)(value) for value in values]
+"""
+
+PACKAGE_TESTING = """
+from asgiref.sync import sync_to_async
+
+
+async def prepare():
+    return await sync_to_async(dict)()
+"""
+
+ELSEWHERE_VIEWS = """
+from django.http import Http404, HttpResponse
+from django.template import engines
+from django.template.response import SimpleTemplateResponse
+
+import fakelib
+
+
+async def missing(request):
+    raise Http404("no such thing")
+
+
+async def templated(request):
+    return SimpleTemplateResponse(engines["django"].from_string("hi"))
+
+
+async def packaged(request):
+    return HttpResponse(str(await fakelib.serialize([1, 2])))
+"""
+
+ELSEWHERE_TESTS = """
+import pytest
+
+import fakelib.testing
+
+
+@pytest.mark.asyncio
+async def test_missing(asgi_client, show):
+    assert (await asgi_client.get("/missing/")).status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_templated(asgi_client, show):
+    assert (await asgi_client.get("/templated/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_packaged(asgi_client, show):
+    await fakelib.testing.prepare()
+    assert (await asgi_client.get("/packaged/")).status_code == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.djasync_max_crossings(0)
+async def test_budget(asgi_client):
+    await asgi_client.get("/templated/")
+    await asgi_client.get("/packaged/")
+"""
+
+
+def test_hops_of_djangos_exception_path_templates_and_packages(
+    django_project: DjangoProject,
+) -> None:
+    """A view's exception costs two hops of Django's handler, not the view's; a
+    TemplateResponse's render is the view's, with its own advice; a hop an installed package
+    makes itself (it lives in site-packages) is that package's, its testing module's a test
+    client's, and a budget lists them apart from what the project could avoid."""
+    templates = 'TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates"}]\n'
+    project(django_project, f"MIDDLEWARE = []\n{templates}")
+    django_project.views(ELSEWHERE_VIEWS)
+    vendor = "vendor/site-packages/fakelib"
+    django_project.module(f"{vendor}/__init__.py", PACKAGE)
+    django_project.module(f"{vendor}/testing.py", PACKAGE_TESTING)
+    path = "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
+    django_project.module("conftest.py", path + CONFTEST)
+    django_project.tests(ELSEWHERE_TESTS)
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=3, failed=1)
+    stdout = result.stdout.str()
+    missing = counted(report, stdout, "test_missing")
+    assert missing.by_origin.keys() == {"handler"}, missing.lines  # never the async view's
+    assert_lines(
+        missing.lines[1:3],
+        [
+            f"handler: ASGIHandler.process_exception_by_middleware {S2A}",
+            "handler: django.core.handlers.exception.response_for_exception"
+            " [sync_to_async, any thread]",
+        ],
+        "GET /missing/",
+    )
+    rendered = "view: SimpleTemplateResponse.render (a TemplateResponse, rendered after the view)"
+    templated = counted(report, stdout, "test_templated")
+    assert_lines(
+        templated.lines,
+        [f"{STARTED} {S2A}", f"{rendered} {S2A}", f"handler: *.close {S2A}"],
+        "GET /templated/",
+    )
+    packaged = counted(report, stdout, "test_packaged")
+    assert packaged.by_origin == {"handler": 2, "library": 2, "test-client": 1}
+    assert packaged.lines[0] == f"test-client: builtins.dict (by fakelib) {S2A}"
+    assert (
+        packaged.lines[2]
+        == f"library: fakelib._field (by fakelib) {S2A} while serving GET /packaged/"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "1 of them avoidable:",
+            "  - return a rendered response instead of a TemplateResponse*(1x)",
+            "2 of them made by installed packages themselves (fakelib): production pays them too*",
+        ]
+    )
