@@ -7,6 +7,7 @@ reviews well in a diff.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,25 @@ def key(nodeid: str, violation: Mapping[str, Any]) -> Key:
     location = violation.get("location") or {}
     where = f"{location.get('path', '?')}:{location.get('function', '?')}" if location else "-"
     what = "-" if violation["kind"] in _COUNTED_KINDS else str(violation.get("what", "-"))
-    return (nodeid, str(violation["kind"]), where, what)
+    kind = str(violation["kind"])
+    return (nodeid, kind, _portable(kind, where), what)
+
+
+_INSTALLED = re.compile(r".*(?:site|dist)-packages/(.+)$")
+_STDLIB = re.compile(r".*/lib/python\d+\.\d+/(.+)$")
+LIBRARY_CODE = "<library code>"
+
+
+def _portable(kind: str, where: str) -> str:
+    """``where`` the same on every machine: a library's file (a finding with no project code
+    on its stack) relative to its site-packages or standard library, not to a virtualenv that
+    may be elsewhere or on another Python; a stall there is any library frame, as the sample
+    that names it can land on a different one each run."""
+    path, colon, function = where.replace("\\", "/").rpartition(":")
+    match = _INSTALLED.match(path) or _STDLIB.match(path)
+    if match is None:
+        return where
+    return LIBRARY_CODE if kind == "stall" else f"{match.group(1)}{colon}{function}"
 
 
 class Baseline:
@@ -91,7 +110,7 @@ def _parse_line(line: str, where: str) -> Key:
         )
     if fields[1] not in KINDS:  # a typo would match nothing and excuse nothing, silently
         raise ValueError(f"{where}: unknown kind {fields[1]!r}; choose from: {', '.join(KINDS)}")
-    return fields[0], fields[1], fields[2], fields[3]
+    return fields[0], fields[1], _portable(fields[1], fields[2]), fields[3]
 
 
 def _test_file(nodeid: str) -> str:

@@ -263,11 +263,27 @@ def is_user_path(path: str) -> bool:
 
 
 def user_frame(stack: Stack) -> Frame | None:
-    """The innermost frame of the project's own code, else the innermost frame at all."""
+    """The innermost frame of the project's own code; else the innermost of an installed
+    package other than Django and asgiref (a serializer, django-ninja's response building),
+    which says more than Django's internals; else the innermost frame at all."""
     for frame in reversed(stack):
         if is_user_path(frame.path):
             return frame
+    for frame in reversed(stack):
+        if _third_party(frame.path):
+            return frame
     return stack[-1] if stack else None
+
+
+_NOT_THIRD_PARTY = tuple(f"{os.sep}{name}{os.sep}" for name in ("django", "asgiref"))
+
+
+def _third_party(path: str) -> bool:
+    for marker in ("site-packages", "dist-packages"):
+        _, found, inside = path.rpartition(marker)
+        if found:
+            return not inside.startswith(_NOT_THIRD_PARTY)
+    return False
 
 
 def live_user_frame(frame: FrameType | None) -> FrameType | None:

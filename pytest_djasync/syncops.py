@@ -86,7 +86,23 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         what, fix = lazy
     else:
         what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
+        if fix is _ITERATE and api is not None:
+            fix = _evaluated_by(api.f_back) or fix
     return what, findings.fix_in(frame, fix)
+
+
+def _evaluated_by(caller: FrameType | None) -> str | None:
+    """The fix when code that is not the project's (a serializer, a template's ``for``)
+    evaluated the QuerySet it was handed: the project has no loop of its own to change."""
+    if caller is None or findings.is_user_path(caller.f_code.co_filename):
+        return None
+    package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
+    name = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)
+    return (
+        f"{package}'s {name}() evaluates the QuerySet on the loop, not your code: hand it the"
+        " rows instead (rows = [obj async for obj in queryset]), with"
+        " .select_related()/.prefetch_related() for the relations it reads"
+    )
 
 
 _LAZY_USER = (

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_djasync import crossings, fanout, report
+from pytest_djasync import baseline, crossings, fanout, findings, report
 from pytest_djasync.session import TestRecord as Record
 from tests.conftest import DjangoProject, violations
 
@@ -570,3 +570,54 @@ def test_each_rerun_is_judged_on_its_own(django_project: DjangoProject) -> None:
     assert not violations(report, "test_blocks_once")
     final = {entry["nodeid"].split("::")[1]: entry["outcome"] for entry in report["tests"]}
     assert final == {"test_always_blocks": "failed", "test_blocks_once": "passed"}
+
+
+def _at(kind: str, path: str, function: str = "inner") -> dict[str, Any]:
+    location = {"path": path, "line": 24, "function": function}
+    return {"kind": kind, "location": location, "what": "QuerySet.count()", "fix": "-"}
+
+
+def test_a_library_location_keys_the_same_from_any_virtualenv() -> None:
+    """No project frame on the stack: the baseline must not depend on where the virtualenv
+    is or which Python it has; a stall's sampled library frame can differ run to run."""
+    here = ".venv/lib/python3.11/site-packages/django/utils/asyncio.py"
+    there = "/opt/ci/venv/lib/python3.12/site-packages/django/utils/asyncio.py"
+    debian = "/usr/lib/python3/dist-packages/django/utils/asyncio.py"
+    keys = {baseline.key("t.py::t", _at("sync-only", path)) for path in (here, there, debian)}
+    assert keys == {("t.py::t", "sync-only", "django/utils/asyncio.py:inner", "QuerySet.count()")}
+    stdlib = baseline.key("t.py::t", _at("blocking-call", "/usr/lib/python3.11/json/encoder.py"))
+    assert stdlib[2] == "json/encoder.py:inner"
+    stalls = {
+        baseline.key("t.py::t", _at("stall", path, function))[2]
+        for path, function in ((here, "inner"), (there.replace("django", "pydantic"), "dump"))
+    }
+    assert stalls == {baseline.LIBRARY_CODE}
+    mine = baseline.key("t.py::t", _at("stall", "shop/views.py", "report"))
+    assert mine[2] == "shop/views.py:report"
+
+
+def test_a_baseline_written_with_virtualenv_paths_still_matches(tmp_path: Path) -> None:
+    old = ".venv/lib/python3.11/site-packages/django/utils/asyncio.py:inner"
+    (tmp_path / "b.txt").write_text(f"t.py::t\tsync-only\t{old}\tQuerySet.count()\n")
+    known = baseline.Baseline.load(tmp_path / "b.txt")
+    elsewhere = "/opt/venv/lib/python3.13/site-packages/django/utils/asyncio.py"
+    assert known.knows(baseline.key("t.py::t", _at("sync-only", elsewhere)))
+
+
+def test_with_no_project_frame_a_finding_names_the_package_that_called_django() -> None:
+    def frame(path: str, function: str) -> findings.Frame:
+        return findings.Frame(path, 1, function, "")
+
+    site = "/venv/lib/python3.11/site-packages"
+    stack = (
+        frame(f"{site}/ninja/operation.py", "run"),
+        frame(f"{site}/ninja/schema.py", "_convert_result"),
+        frame(f"{site}/django/db/models/query.py", "__iter__"),
+        frame(f"{site}/asgiref/sync.py", "__call__"),
+        frame(f"{site}/django/utils/asyncio.py", "inner"),
+    )
+    assert findings.user_frame(stack) == stack[1]
+    assert findings.user_frame(stack[2:]) == stack[-1]
+    assert findings.user_frame((*stack, frame("/proj/shop/views.py", "v"))) == frame(
+        "/proj/shop/views.py", "v"
+    )

@@ -340,3 +340,51 @@ def test_a_lazy_user_or_session_is_named_with_its_async_accessor(
     [session] = violations(report, "test_lazy[visits]")
     assert session["message"].startswith("the lazy request.session "), session["message"]
     assert "await request.session.aget(key)" in session["fix"], session["fix"]
+
+
+def test_a_queryset_a_package_evaluates_is_told_to_be_handed_over_as_rows(
+    django_project: DjangoProject,
+) -> None:
+    """A serializer (here a package in site-packages) loops over the QuerySet it was given:
+    the project has no loop of its own to make `async for`."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.module(
+        "vendor/site-packages/fakelib.py",
+        """
+        def names(queryset):
+            found = []
+            for author in queryset:
+                found.append(author.name)
+            return found
+        """,
+    )
+    django_project.module(
+        "conftest.py", "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
+    )
+    django_project.views(
+        """
+        from django.http import HttpResponse
+
+        import fakelib
+        from tproj.models import Author
+
+
+        async def listed(request):
+            return HttpResponse(",".join(fakelib.names(Author.objects.all())))
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_listed(asgi_client, transactional_db):
+            await asgi_client.get("/listed/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_listed")
+    assert found["location"]["function"] == "listed"
+    assert found["fix"].startswith(
+        "fakelib's names() evaluates the QuerySet on the loop, not your code: hand it the rows"
+    ), found["fix"]
