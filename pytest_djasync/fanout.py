@@ -95,6 +95,12 @@ class Recorder:
 
     def likely_cause(self) -> str | None:
         """Why the calls did not overlap, when the recording shows it."""
+        if not self.calls:
+            return (
+                "no outbound request was recorded: only httpx's clients are (an"
+                " httpx.AsyncClient, or an httpx.Client in a thread); requests, urllib3, aiohttp"
+                " and other clients are not seen, so their calls cannot be judged"
+            )
         calls = self.finished
         if len(calls) < 2:
             return None

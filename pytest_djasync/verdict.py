@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import linecache
+import re
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -118,12 +120,13 @@ class Judge:
     def _marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> bool:
         """Record a failed expectation as a finding; True when it fails the test."""
         path, line, name = item.location
+        where = str(self.root / path)
         finding = Finding(
             kind=kind,
             what=what,
             duration_ms=None,
             stack=(),
-            location=findings.Frame(str(self.root / path), (line or 0) + 1, name, ""),
+            location=findings.Frame(where, _def_line(where, (line or 0) + 1), name, ""),
             request=None,
             fix=fix,
             thread="MainThread",
@@ -132,6 +135,20 @@ class Judge:
             finding.allowed_by = BASELINE
         self.watch.add_finding(item.nodeid, finding)
         return finding.allowed_by is None
+
+
+_DEF = re.compile(r"\s*(async\s+)?def\s")
+
+
+def _def_line(path: str, first: int) -> int:
+    """The ``def`` line of a test whose location pytest gives as its first decorator's."""
+    for number in range(first, first + 50):
+        text = linecache.getline(path, number)
+        if not text:
+            break
+        if _DEF.match(text):
+            return number
+    return first
 
 
 def test_function_code(item: pytest.Item) -> CodeType | None:

@@ -493,6 +493,9 @@ def test_marker_passes_at_the_exact_count_and_fails_one_below(
     # Every crossing is listed: 15 numbered lines for the stack, 4 for the chain.
     numbered = [line for line in result.stdout.lines if re.match(r" *\d+\. ", line)]
     assert len(numbered) == 15 + 4, numbered
+    # The summary names the test's def line, not the first of its decorators (pytest's line).
+    line = line_of(BUDGET_TESTS, "async def test_sync_chain_over_budget")
+    result.stdout.fnmatch_lines([f"test_scenario.py:{line} in test_sync_chain_over_budget: *"])
 
 
 FIXTURE_TESTS = f"""

@@ -644,3 +644,12 @@ def test_assert_concurrent_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(f"assert_concurrent: {expected}; e.g.")):
         fanout.Recorder().assert_concurrent(at_least, within)
+
+
+def test_a_fan_out_of_calls_no_recorder_saw_says_which_clients_are_seen() -> None:
+    """requests in threads, aiohttp: nothing recorded is no reason to advise asyncio.gather."""
+    with pytest.raises(AssertionError) as failed:
+        fanout.Recorder().assert_concurrent(2)
+    text = str(failed.value)
+    assert "expected at least 2 outbound requests in flight together, saw 0" in text
+    assert "likely cause: no outbound request was recorded: only httpx's clients are" in text
