@@ -193,6 +193,8 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
 def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: AsyncToSync[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # an error of the call (asgiref's own RuntimeError on a loop
+        # thread) is shown from the user's line, not as if it came from the plugin
         if _recorders and id(__call__) in _shared.wrappers:
             if _explaining:
                 _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))

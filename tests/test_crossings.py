@@ -971,3 +971,24 @@ def test_hops_of_djangos_exception_path_templates_and_packages(
             "2 of them made by installed packages themselves (fakelib): production pays them too*",
         ]
     )
+
+
+def test_an_error_through_async_to_sync_is_not_shown_from_the_plugins_wrapper(
+    django_project: DjangoProject,
+) -> None:
+    django_project.tests(
+        """
+        import pytest
+        from asgiref.sync import async_to_sync
+
+        async def boom():
+            raise ValueError("boom")
+
+        def test_it():
+            async_to_sync(boom)()
+        """
+    )
+    result = django_project.run("--djasync")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ValueError: boom"])
+    result.stdout.no_fnmatch_line("*pytest_djasync*crossings.py*")
