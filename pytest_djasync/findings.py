@@ -311,12 +311,37 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             f"{name}() is a task that .enqueue() ran on the event loop (the immediate backend"
             " runs it at once, in the caller's thread): await task.aenqueue(...) instead"
         )
+    then = f"{fix[0].lower()}{fix[1:]}"
+    if _sent_by_a_signal(user):
+        return (
+            f"{name}() is a sync receiver of a signal sent on the event loop: send it with"
+            f" await sync_to_async(signal.send)(...), or make the receivers async (and {then})"
+            " and send it with await signal.asend(...)"
+        )
+    adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
     return (
         f"{name}() is a sync function run on the event loop: have its async caller await"
-        f" sync_to_async({name})(...) (a signal's sync receivers: await"
-        f" sync_to_async(signal.send)(...), or async receivers and Signal.asend);"
-        f" or make it async and {fix[0].lower()}{fix[1:]}"
+        f" {adapter}({name})(...); or make it async and {then}"
     )
+
+
+def _sent_by_a_signal(frame: FrameType) -> bool:
+    caller = frame.f_back
+    return caller is not None and caller.f_code.co_filename.endswith(
+        os.path.join("django", "dispatch", "dispatcher.py")
+    )
+
+
+def _in_a_consumer(frame: FrameType | None) -> bool:
+    """True inside a Channels consumer, whose docs hand sync database work to
+    ``database_sync_to_async`` (it also closes the worker thread's stale connections)."""
+    if "channels" not in sys.modules:
+        return False
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("channels."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _enqueued(frame: FrameType) -> bool:

@@ -264,6 +264,23 @@ def test_a_blocking_call_in_a_sync_function_is_fixed_at_its_async_caller(
         async def straight(request):
             time.sleep(0.001)
             return HttpResponse("ok")
+
+
+        from django.dispatch import Signal
+
+        pinged = Signal()
+
+
+        def on_ping(sender, **kwargs):
+            time.sleep(0.001)
+
+
+        pinged.connect(on_ping)
+
+
+        async def signals(request):
+            pinged.send(sender=None)
+            return HttpResponse("ok")
         """
         + (
             """
@@ -284,7 +301,7 @@ def test_a_blocking_call_in_a_sync_function_is_fixed_at_its_async_caller(
             else ""
         )
     )
-    views = ["helper", "straight", *(["enqueues"] if tasks else [])]
+    views = ["helper", "straight", "signals", *(["enqueues"] if tasks else [])]
     django_project.tests(
         f"""
         import pytest
@@ -304,6 +321,12 @@ def test_a_blocking_call_in_a_sync_function_is_fixed_at_its_async_caller(
     ), helper["fix"]
     assert helper["fix"].endswith(
         "or make it async and await asyncio.sleep(...) instead of time.sleep(...)"
+    )
+    [signal] = violations(report, "test_view[signals]")
+    assert signal["fix"] == (
+        "on_ping() is a sync receiver of a signal sent on the event loop: send it with await"
+        " sync_to_async(signal.send)(...), or make the receivers async (and await"
+        " asyncio.sleep(...) instead of time.sleep(...)) and send it with await signal.asend(...)"
     )
     [straight] = violations(report, "test_view[straight]")
     assert straight["fix"] == "await asyncio.sleep(...) instead of time.sleep(...)"

@@ -388,3 +388,62 @@ def test_a_queryset_a_package_evaluates_is_told_to_be_handed_over_as_rows(
     assert found["fix"].startswith(
         "fakelib's names() evaluates the QuerySet on the loop, not your code: hand it the rows"
     ), found["fix"]
+
+
+def test_a_sync_helper_in_a_channels_consumer_is_told_database_sync_to_async(
+    django_project: DjangoProject,
+) -> None:
+    """Channels' docs hand a consumer's sync database work to database_sync_to_async (which
+    also closes the worker's stale connections). A stand-in for Channels' consumer base class,
+    in site-packages as the real one is, calls the project's handler."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.module("vendor/site-packages/channels/__init__.py", "")
+    django_project.module(
+        "vendor/site-packages/channels/consumer.py",
+        """
+        class AsyncConsumer:
+            async def dispatch(self, message):
+                return await self.handle(message)
+        """,
+    )
+    django_project.module(
+        "conftest.py", "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
+    )
+    django_project.views(
+        """
+        from channels.consumer import AsyncConsumer
+        from django.http import HttpResponse
+
+        from tproj.models import Author
+
+
+        def history():
+            return [author.name for author in Author.objects.all()]
+
+
+        class Chat(AsyncConsumer):
+            async def handle(self, message):
+                return history()
+
+
+        async def consumed(request):
+            await Chat().dispatch({})
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_consumed(asgi_client, transactional_db):
+            await asgi_client.get("/consumed/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_consumed")
+    assert found["location"]["function"].startswith("history"), found["location"]
+    assert found["fix"].startswith(
+        "history() is a sync function run on the event loop: have its async caller await"
+        " database_sync_to_async(history)(...)"
+    ), found["fix"]
