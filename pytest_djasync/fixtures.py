@@ -109,7 +109,7 @@ def live_asgi_server() -> Iterator[live.LiveServer]:
     ``--djasync`` they see the test's own rows, otherwise (as with pytest-django's
     ``live_server``) only committed ones: use ``transactional_db``. The app is built once, so
     settings overrides that change how it is built (``MIDDLEWARE``) do not reach it. Needs
-    ``pip install 'pytest-djasync[live]'``.
+    ``pip install uvicorn`` (the ``live`` extra).
     """
     from pytest_djasync import live
 

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 THREAD_NAME = "djasync-live-server"
-MISSING_UVICORN = "live_asgi_server needs uvicorn: pip install 'pytest-djasync[live]'"
+MISSING_UVICORN = (
+    "live_asgi_server needs uvicorn: pip install uvicorn (the 'live' extra of pytest-djasync)"
+)
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _GRACE_S = 2  # how long a stopping uvicorn lets unfinished responses finish
