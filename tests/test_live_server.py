@@ -431,7 +431,8 @@ def test_without_uvicorn_the_message_names_the_extra(django_project: DjangoProje
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_it*",
-            "live_asgi_server needs uvicorn: pip install uvicorn (the 'live' extra of pytest-djasync)",
+            "live_asgi_server needs uvicorn: pip install uvicorn"
+            " (the 'live' extra of pytest-djasync)",
             "*short test summary info*",
         ]
     )
