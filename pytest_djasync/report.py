@@ -167,7 +167,8 @@ def violation_json(finding: Finding, root: Path) -> Entry:
     return {
         "kind": finding.kind,
         "message": finding.message(root),
-        "duration_ms": finding.duration_ms,
+        # to the microsecond: the clocks say no more, and 200.12345678901 reads as noise
+        "duration_ms": None if finding.duration_ms is None else round(finding.duration_ms, 3),
         "location": _frame_json(finding.location, root) if finding.location else None,
         "stack": [_frame_json(frame, root) for frame in finding.stack],
         "request": finding.request,

@@ -235,6 +235,7 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
         assert first["location"] == {"path": "tproj/views.py", "line": line, "function": view}
         assert first["request"] == f"GET /{view}/"
         assert first["location"] in first["stack"]
+        assert first["duration_ms"] == round(first["duration_ms"], 3)  # not 0.12345678901
     _, recv = violations(report, "test_view[socket_send_recv]")
     assert recv["message"].startswith("blocking call socket.recv()"), recv["message"]
     assert recv["location"]["line"] == line_of(BLOCKING_VIEWS, "right.recv(1, 0)")
