@@ -69,8 +69,13 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
     """What the user's code did to reach ``frame`` (innermost), and the fix that fits it."""
     api: FrameType | None = None
     lazy: tuple[str, str] | None = None
+    maker: FrameType | None = None  # the innermost frame outside Django's database layer
     while frame is not None and not findings.is_user_path(frame.f_code.co_filename):
         code = frame.f_code
+        if maker is None and not _in_the_database_layer(code.co_filename):
+            maker = frame
+        elif maker is not None and _same_self(frame, maker):
+            maker = frame  # the method that was called, not its helper: get, not _base_get_many
         lazy = _lazy_request_attribute(code) or lazy  # the outermost: a user loads a session
         if code.co_name == "__get__" and code.co_filename.endswith("related_descriptors.py"):
             return _lazy_relation(frame)
@@ -85,10 +90,41 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
     if lazy is not None:
         what, fix = lazy
     else:
-        what, fix = _orm_method(api) if api is not None else (_SYNC_CALL, _WRAP)
+        what, fix = _orm_method(api) if api is not None else _sync_call(maker)
         if fix is _ITERATE and api is not None:
             fix = _evaluated_by(api.f_back) or fix
     return what, findings.fix_in(frame, fix)
+
+
+_DATABASE_LAYER = tuple(
+    os.path.join("django", *parts) for parts in (("db", ""), ("utils", "asyncio.py"))
+)
+
+
+def _in_the_database_layer(path: str) -> bool:
+    return any(part in path for part in _DATABASE_LAYER)
+
+
+def _same_self(frame: FrameType, other: FrameType) -> bool:
+    mine = frame.f_locals.get("self")
+    return mine is not None and mine is other.f_locals.get("self")
+
+
+def _sync_call(maker: FrameType | None) -> tuple[str, str]:
+    """A query made below no QuerySet or Model method: name the code that made it (Django's
+    database cache, a library), and its async twin when it has one."""
+    if maker is None:
+        return _SYNC_CALL, _WRAP
+    owner, name = _owner_and_name(maker)
+    qualname = f"{owner}.{name}" if owner else name
+    twin = f"a{name}"
+    if hasattr(maker.f_locals.get("self"), twin):
+        return f"{_SYNC_CALL} in {qualname}()", (
+            f"await its async twin .{twin}(...) where your code calls .{name}(); where Django"
+            f" calls it for you (a decorator or a middleware on an async view), {_WRAP[0].lower()}"
+            f"{_WRAP[1:]} around that step, or keep that view sync"
+        )
+    return f"{_SYNC_CALL} in {qualname}()", _WRAP
 
 
 def _evaluated_by(caller: FrameType | None) -> str | None:
@@ -167,10 +203,9 @@ def _owner_and_name(frame: FrameType) -> tuple[str, str]:
         owner, _, name = qualname.rpartition(".")
         return owner, name
     instance = frame.f_locals.get("self")
-    owner = next(
-        (cls.__name__ for cls in type(instance).__mro__ if cls.__name__ in ("QuerySet", "Model")),
-        "",
-    )
+    classes = type(instance).__mro__
+    own = "" if instance is None else type(instance).__name__
+    owner = next((c.__name__ for c in classes if c.__name__ in ("QuerySet", "Model")), own)
     return owner, code.co_name
 
 

@@ -447,3 +447,39 @@ def test_a_sync_helper_in_a_channels_consumer_is_told_database_sync_to_async(
         "history() is a sync function run on the event loop: have its async caller await"
         " database_sync_to_async(history)(...)"
     ), found["fix"]
+
+
+def test_a_query_no_orm_method_made_names_the_code_that_made_it(
+    django_project: DjangoProject,
+) -> None:
+    """Django's database cache queries through a cursor, below no QuerySet method."""
+    django_project.settings(
+        'CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",'
+        ' "LOCATION": "cache_table"}}\n'
+    )
+    django_project.views(
+        """
+        from django.core.cache import cache
+        from django.http import HttpResponse
+
+
+        async def cached(request):
+            return HttpResponse(str(cache.get("greeting")))
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_cached(asgi_client, transactional_db):
+            await asgi_client.get("/cached/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_cached")
+    assert found["location"]["function"] == "cached"
+    assert found["message"].startswith(
+        "a sync database call in DatabaseCache.get() on the event loop"
+    )
+    assert found["fix"].startswith("await its async twin .aget(...) where your code calls .get()")
