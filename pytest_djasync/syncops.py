@@ -121,8 +121,8 @@ def _sync_call(maker: FrameType | None) -> tuple[str, str]:
     if hasattr(maker.f_locals.get("self"), twin):
         return f"{_SYNC_CALL} in {qualname}()", (
             f"await its async twin .{twin}(...) where your code calls .{name}(); where Django"
-            f" calls it for you (a decorator or a middleware on an async view), {_WRAP[0].lower()}"
-            f"{_WRAP[1:]} around that step, or keep that view sync"
+            " calls it for you (a decorator or a middleware on an async view), keep that view"
+            " sync or run that step through sync_to_async"
         )
     return f"{_SYNC_CALL} in {qualname}()", _WRAP
 
