@@ -26,7 +26,17 @@ from pytest_djasync import djangohooks, findings, patching
 
 SYNC_TO_ASYNC = "sync_to_async"
 ASYNC_TO_SYNC = "async_to_sync"
-ORIGINS = ("middleware", "view", "orm", "signal", "handler", "library", "test-client", "user")
+ORIGINS = (
+    "middleware",
+    "view",
+    "orm",
+    "async-api",
+    "signal",
+    "handler",
+    "library",
+    "test-client",
+    "user",
+)
 _CALLER_DEPTH = 8  # enough to get past asgiref and Django to the code that caused the hop
 _ASGIREF = "asgiref."
 
@@ -340,6 +350,8 @@ def _by_caller(crossing: Crossing) -> tuple[str, str]:
         origin = _django_origin(module, code.co_name)
         if origin == "view" and _name(crossing.func) == "process_exception_by_middleware":
             origin = "handler"  # a view raised: Django asks the middleware, in a thread
+        elif origin == "handler" and _name(crossing.func) == code.co_name[1:]:
+            origin = "async-api"  # cache.aget running cache.get, Task.aenqueue running enqueue
         if origin is not None:
             return origin, _django_detail(origin, crossing, code)
         package = _installed_package(module, code.co_filename)

@@ -246,6 +246,8 @@ _CROSSING_ADVICE = {
     "render": "return a rendered response instead of a TemplateResponse (or DRF's Response),"
     " which Django renders in a thread after the view",
     "orm": "batch the ORM work in one sync_to_async(...) call instead of one a-method per query",
+    "async-api": "a Django async method that runs its sync twin in a thread (cache.aget runs"
+    " cache.get): batch the calls (aget_many, aset_many) or make fewer of them",
     "signal": "make the receiver async (async def) so Django can await it directly",
     "user": "an adapter call in the project's code: fold consecutive sync_to_async calls into"
     " one function called once, or make what it wraps async",

@@ -888,6 +888,13 @@ async def templated(request):
 
 async def packaged(request):
     return HttpResponse(str(await fakelib.serialize([1, 2])))
+
+
+async def cached(request):
+    from django.core.cache import cache
+
+    await cache.aset("greeting", "hi")
+    return HttpResponse(await cache.aget("greeting"))
 """
 
 ELSEWHERE_TESTS = """
@@ -910,6 +917,11 @@ async def test_templated(asgi_client, show):
 async def test_packaged(asgi_client, show):
     await fakelib.testing.prepare()
     assert (await asgi_client.get("/packaged/")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_cached(asgi_client, show):
+    assert (await asgi_client.get("/cached/")).status_code == 200
 
 
 @pytest.mark.asyncio
@@ -937,8 +949,11 @@ def test_hops_of_djangos_exception_path_templates_and_packages(
     django_project.module("conftest.py", path + CONFTEST)
     django_project.tests(ELSEWHERE_TESTS)
     result, report = django_project.report(*REPORT_ARGS)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=1)
     stdout = result.stdout.str()
+    cached = counted(report, stdout, "test_cached")
+    api = ["async-api: LocMemCache.set [S2A]", "async-api: LocMemCache.get [S2A]"]
+    assert_lines(cached.lines[1:3], [line.replace("[S2A]", S2A) for line in api], "GET /cached/")
     missing = counted(report, stdout, "test_missing")
     assert missing.by_origin.keys() == {"handler"}, missing.lines  # never the async view's
     assert_lines(
