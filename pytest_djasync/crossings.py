@@ -72,8 +72,8 @@ class Crossing:
     def djangos_middleware(self) -> str | None:
         """The class name of the middleware from Django itself (``django.*``) that this
         crossing is for, or ``None``: the project can only remove that one, not rewrite it."""
-        if self.origin != "middleware":
-            return None
+        if self.origin != "middleware" or self.detail.startswith("mode adapter"):
+            return None  # an adapter is there for a sync-only middleware, whichever it wraps
         func = _unwrap(self.func)
         for candidate in (getattr(func, "__self__", None), self.caller_self, func):
             if _is_middleware(candidate):
@@ -455,3 +455,31 @@ def _signal_name(signal: Any, crossing: Crossing) -> str:
             if value is signal:
                 return name
     return "a signal"
+
+
+def hooks_in_sync_mode(recorder: Recorder) -> list[str]:
+    """``MiddlewareMixin`` middleware of ``settings.MIDDLEWARE`` whose hooks cost no hop in
+    ``recorder`` although mode adapters did: they ran in sync mode beside a sync-only one.
+    Made async-capable, that one would put them in async mode, where each hook is a hop."""
+    if not any(c.detail.startswith("mode adapter") for c in recorder):
+        return []
+    from django.conf import settings
+
+    seen = {c.detail.partition(".")[0] for c in recorder if "(MiddlewareMixin hook)" in c.detail}
+    mixins = (_mixin(path) for path in settings.MIDDLEWARE)
+    return [cls.__qualname__ for cls in mixins if cls and cls.__qualname__ not in seen]
+
+
+def _mixin(path: str) -> type | None:
+    """The ``MiddlewareMixin`` class at ``path`` that has a hook, else ``None``."""
+    from django.utils.deprecation import MiddlewareMixin
+    from django.utils.module_loading import import_string
+
+    try:
+        cls = import_string(path)
+    except ImportError:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, MiddlewareMixin)):
+        return None
+    hooks = ("process_request", "process_response", "process_view")
+    return cls if any(hasattr(cls, hook) for hook in hooks) else None

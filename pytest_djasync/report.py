@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_djasync import fanout
 from pytest_djasync._io import write_text_atomically
-from pytest_djasync.crossings import Crossing, Recorder
+from pytest_djasync.crossings import Crossing, Recorder, hooks_in_sync_mode
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
 
@@ -297,6 +297,15 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
             f"{len(djangos)} of them from Django's own middleware ({names}): each of its"
             " MiddlewareMixin hooks costs a hop per request in an async view; remove what the"
             " project does not need, or allow for the rest in the budget",
+        ]
+    quiet = hooks_in_sync_mode(recorder)
+    if quiet and avoidable:
+        lines += [
+            "",
+            f"careful: {', '.join(quiet)} ran in sync mode beside the sync-only middleware,"
+            " where a MiddlewareMixin hook costs no hop; once every middleware around them is"
+            " async-capable they run in async mode, and each of their hooks costs one per"
+            " request: count both before converting",
         ]
     if packages:
         names = ", ".join(dict.fromkeys(packages))

@@ -490,6 +490,7 @@ def test_marker_passes_at_the_exact_count_and_fails_one_below(
         ]
     )
     result.stdout.no_fnmatch_line("13 of them avoidable:")  # Django's can only be removed
+    result.stdout.no_fnmatch_line("careful:*")  # no sync-only middleware keeps them in sync mode
     # Every crossing is listed: 15 numbered lines for the stack, 4 for the chain.
     numbered = [line for line in result.stdout.lines if re.match(r" *\d+\. ", line)]
     assert len(numbered) == 15 + 4, numbered
@@ -1007,3 +1008,38 @@ def test_an_error_through_async_to_sync_is_not_shown_from_the_plugins_wrapper(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ValueError: boom"])
     result.stdout.no_fnmatch_line("*pytest_djasync*crossings.py*")
+
+
+def test_a_budget_warns_that_converting_a_sync_only_middleware_wakes_the_hooks_around_it(
+    django_project: DjangoProject,
+) -> None:
+    """Below a sync-only middleware the chain runs in sync mode, where Django's MiddlewareMixin
+    hooks cost no hop: making it async-capable, as the adapter's advice says, would turn 2
+    adapter hops into 13 hook hops. The failure says so."""
+    project(django_project)
+    django_project.tests(
+        f"""
+        import pytest
+
+        @pytest.mark.djasync_max_crossings(0)
+        @pytest.mark.asyncio
+        async def test_legacy_last(asgi_client, settings):
+            settings.MIDDLEWARE = {DEFAULT_STACK!r} + ["{M}SyncOne"]
+            assert (await asgi_client.get("/hello/")).status_code == 200
+        """
+    )
+    result = django_project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-djasync: 5 sync/async crossings in this test's call phase, more than the 0*",
+            "  2. middleware: mode adapter around SecurityMiddleware *",
+            "  3. middleware: mode adapter below SyncOne *",
+            "2 of them avoidable:",
+            "  - make the middleware async-capable * (2x)",
+            "1 of them from Django's own middleware (CsrfViewMiddleware)*",
+            "careful: SecurityMiddleware, SessionMiddleware, CommonMiddleware,"
+            " AuthenticationMiddleware, MessageMiddleware, XFrameOptionsMiddleware ran in sync"
+            " mode beside the sync-only middleware, where a MiddlewareMixin hook costs no hop;*",
+        ]
+    )
