@@ -178,8 +178,15 @@ def resolve(config: pytest.Config) -> Settings:
                 f"pytest-djasync: {report.source}: {str(report.value)!r} {problem};"
                 " give a file path such as djasync.json"
             )
+    enabled = _pick(config, ENABLE, parse_bool, False)
+    if config.getoption("djasync_baseline_write") and not enabled.value:
+        raise pytest.UsageError(
+            "pytest-djasync: --djasync-baseline-write needs --djasync (or djasync = true in the"
+            " ini file): without it a test is watched only for what its marker asks, and the"
+            " baseline would lose the findings of every other test"
+        )
     return Settings(
-        enabled=_pick(config, ENABLE, parse_bool, False),
+        enabled=enabled,
         block_ms=_pick(config, BLOCK_MS, parse_block_ms, 100.0),
         report=report,
         guard=_pick(config, GUARD, parse_guards, DEFAULT_GUARDS),

@@ -20,6 +20,7 @@ class Results:
     def __init__(self) -> None:
         self._entries: dict[str, Entry | None] = {}  # None: the test sent no entry
         self._outcomes: dict[str, str] = {}
+        self._no_call: set[str] = set()  # set-up failed: the test body never ran
 
     def __len__(self) -> int:
         """Tests that finished (a teardown report each), entry or not."""
@@ -27,18 +28,23 @@ class Results:
 
     def ran(self) -> set[str]:
         """The tests that finished and were not skipped: what a baseline can judge. (An xfailed
-        test reads as skipped too; with findings, it plainly ran.)"""
+        test reads as skipped too; with findings, it plainly ran.) One whose set-up failed never
+        ran its body: its known findings can be neither confirmed nor gone."""
         outcomes = self._outcomes
         return {
             nodeid
             for nodeid, entry in self._entries.items()
-            if entry is not None or outcomes.get(nodeid) != "skipped"
+            if (entry is not None or outcomes.get(nodeid) != "skipped")
+            and nodeid not in self._no_call
         }
 
     def add(self, nodeid: str, when: str, outcome: str, entry: Entry | None) -> None:
         """Take one test report: its phase's outcome and, on teardown, the test's entry."""
         if when == "setup":  # an attempt begins; a rerun's outcome replaces the last one's
             self._outcomes.pop(nodeid, None)
+            self._no_call.discard(nodeid)
+            if outcome == "failed":
+                self._no_call.add(nodeid)
         if outcome != "passed":
             self._outcomes[nodeid] = _merge(self._outcomes.get(nodeid, "passed"), when, outcome)
         if when == "teardown":

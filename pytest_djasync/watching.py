@@ -341,8 +341,8 @@ class WatchHooks:
         partial run, or a test since removed) are counted, not listed as gone."""
         if self.settings.baseline_write:
             return self._baseline_lines
-        if not self.known.keys:
-            return []
+        if not self.known.keys or not self.enabled:
+            return []  # without --djasync, a test is watched only for what its marker asks
         ran = self.results.ran()
         gone = self.known.stale(self.results.keys(to_record=False), ran)
         lines = ["known finding no longer seen: " + "\t".join(k) for k in gone]

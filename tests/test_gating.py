@@ -270,6 +270,33 @@ def test_baseline_write_needs_a_path(django_project: DjangoProject) -> None:
     result.stderr.fnmatch_lines(["*--djasync-baseline-write needs a file to write*"])
 
 
+def test_baseline_write_needs_djasync(django_project: DjangoProject) -> None:
+    """Without --djasync only marked tests are watched: a rewrite would drop everyone else's."""
+    django_project.tests(SUITE)
+    result = django_project.run("--djasync-baseline=b.txt", "--djasync-baseline-write")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--djasync-baseline-write needs --djasync (or djasync = true*"])
+    assert not (django_project.path / "b.txt").exists()
+
+
+def test_a_test_whose_set_up_failed_keeps_its_baseline_entries(
+    django_project: DjangoProject,
+) -> None:
+    """Its body never ran: its known findings are neither confirmed nor gone."""
+    django_project.tests(SUITE)
+    django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    before = (django_project.path / "b.txt").read_text()
+    assert "test_old_problem" in before
+    broken = SUITE.replace(
+        "async def test_old_problem():", "async def test_old_problem(missing_fixture):"
+    )
+    django_project.tests(broken)
+    gate = django_project.run("--djasync", "--djasync-baseline=b.txt")
+    gate.stdout.no_fnmatch_line("known finding no longer seen*test_old_problem*")
+    django_project.run("--djasync", "--djasync-baseline=b.txt", "--djasync-baseline-write")
+    assert (django_project.path / "b.txt").read_text() == before
+
+
 @pytest.mark.parametrize(
     ("args", "ini"),
     [(["--djasync-warn"], ""), ([], "djasync_mode = warn")],
