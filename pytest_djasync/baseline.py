@@ -27,15 +27,29 @@ _COUNTED_KINDS = ("crossings", "fanout")  # their 'what' holds counts that chang
 
 def key(nodeid: str, violation: Mapping[str, Any]) -> Key:
     """The identity of a finding, from its JSON report form."""
-    location = violation.get("location") or {}
-    where = f"{location.get('path', '?')}:{location.get('function', '?')}" if location else "-"
-    what = "-" if violation["kind"] in _COUNTED_KINDS else str(violation.get("what", "-"))
     kind = str(violation["kind"])
+    location = violation.get("location") or {}
+    if kind == "stall":  # sampled: where inside the step it was caught varies run to run
+        location = _outermost_own(violation.get("stack") or ()) or location
+    where = f"{location.get('path', '?')}:{location.get('function', '?')}" if location else "-"
+    what = "-" if kind in _COUNTED_KINDS else str(violation.get("what", "-"))
     return (nodeid, kind, _portable(kind, where), what)
+
+
+def _outermost_own(stack: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The outermost frame of the project's code in a stall's stack, outermost first: the view,
+    middleware or test whose step it was. Samples of one stall land in different functions it
+    calls (a loop calling _discount, then _tax); its entry into the project does not move."""
+    for frame in stack:
+        path = str(frame.get("path", "")).replace("\\", "/")
+        if not (_ELSEWHERE.match(path) or _INSTALLED.match(path) or _STDLIB.match(path)):
+            return frame
+    return None
 
 
 _INSTALLED = re.compile(r".*(?:site|dist)-packages/(.+)$")
 _STDLIB = re.compile(r".*/lib/python\d+\.\d+/(.+)$")
+_ELSEWHERE = re.compile(r"(/|[A-Za-z]:/|<)")  # outside the rootdir, or no file
 LIBRARY_CODE = "<library code>"
 
 

@@ -648,3 +648,22 @@ def test_with_no_project_frame_a_finding_names_the_package_that_called_django() 
     assert findings.user_frame((*stack, frame("/proj/shop/views.py", "v"))) == frame(
         "/proj/shop/views.py", "v"
     )
+
+
+def test_a_stall_is_keyed_by_where_it_entered_the_project_not_by_its_sample() -> None:
+    """One CPU loop calling two helpers is sampled in either: the key must not flip."""
+
+    def stall(inner: str) -> dict[str, Any]:
+        stack = [
+            {"path": "/usr/lib/python3.11/asyncio/events.py", "line": 84, "function": "_run"},
+            {"path": ".venv/lib/python3.11/site-packages/django/x.py", "line": 1, "function": "f"},
+            {"path": "shop/views.py", "line": 9, "function": "quote"},
+            {"path": "shop/pricing.py", "line": 4, "function": "total"},
+            {"path": "shop/pricing.py", "line": 12, "function": inner},
+        ]
+        return {"kind": "stall", "location": stack[-1], "stack": stack, "what": "event loop step"}
+
+    keys = {baseline.key("t.py::t", stall(inner)) for inner in ("_discount", "_tax")}
+    assert keys == {("t.py::t", "stall", "shop/views.py:quote", "event loop step")}
+    blocking = {**stall("_tax"), "kind": "blocking-call", "what": "time.sleep"}
+    assert baseline.key("t.py::t", blocking)[2] == "shop/pricing.py:_tax"  # exact: no sampling
