@@ -318,11 +318,35 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             f" await sync_to_async(signal.send)(...), or make the receivers async (and {then})"
             " and send it with await signal.asend(...)"
         )
+    caller = _library_caller(user)
+    if caller is not None:
+        return (
+            f"{name}() is called on the event loop by {caller}(), not by your async code: run"
+            " the call of yours that reaches it (a render, form.is_valid()) in"
+            " sync_to_async(...) and await it"
+        )
     adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
     return (
         f"{name}() is a sync function run on the event loop: have its async caller await"
         f" {adapter}({name})(...); or make it async and {then}"
     )
+
+
+def _library_caller(frame: FrameType) -> str | None:
+    """``package's Function.name`` when installed code (Django's template engine running a
+    context processor) called ``frame``'s sync function; ``None`` when the project did."""
+    caller = frame.f_back
+    if caller is None or is_user_path(caller.f_code.co_filename) or _not_installed(caller):
+        return None
+    package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
+    return f"{package}'s {getattr(caller.f_code, 'co_qualname', caller.f_code.co_name)}"
+
+
+def _not_installed(caller: FrameType) -> bool:
+    # The standard library calling back (functools, contextlib, a loop's own callback): the
+    # project's code is further out; only installed packages count as callers here.
+    path = caller.f_code.co_filename
+    return "site-packages" not in path and "dist-packages" not in path
 
 
 def _sent_by_a_signal(frame: FrameType) -> bool:

@@ -91,8 +91,8 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         what, fix = lazy
     else:
         what, fix = _orm_method(api) if api is not None else _sync_call(maker)
-        if fix is _ITERATE and api is not None:
-            fix = _evaluated_by(api.f_back) or fix
+        if api is not None:
+            fix = _called_by(api.f_back, evaluated=fix is _ITERATE) or fix
     return what, findings.fix_in(frame, fix)
 
 
@@ -127,17 +127,26 @@ def _sync_call(maker: FrameType | None) -> tuple[str, str]:
     return f"{_SYNC_CALL} in {qualname}()", _WRAP
 
 
-def _evaluated_by(caller: FrameType | None) -> str | None:
-    """The fix when code that is not the project's (a serializer, a template's ``for``)
-    evaluated the QuerySet it was handed: the project has no loop of its own to change."""
+def _called_by(caller: FrameType | None, evaluated: bool) -> str | None:
+    """The fix when code that is not the project's made the ORM call: a serializer or a
+    template's ``for`` evaluating the QuerySet it was handed, a form field looking a choice
+    up. The project has no line of its own to make async."""
+    while caller is not None and _in_the_database_layer(caller.f_code.co_filename):
+        caller = caller.f_back  # a manager's proxy method: Author.objects.count()
     if caller is None or findings.is_user_path(caller.f_code.co_filename):
         return None
     package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
     name = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)
+    if evaluated:
+        return (
+            f"{package}'s {name}() evaluates the QuerySet on the loop, not your code: hand it"
+            " the rows instead (rows = [obj async for obj in queryset]), with"
+            " .select_related()/.prefetch_related() for the relations it reads"
+        )
     return (
-        f"{package}'s {name}() evaluates the QuerySet on the loop, not your code: hand it the"
-        " rows instead (rows = [obj async for obj in queryset]), with"
-        " .select_related()/.prefetch_related() for the relations it reads"
+        f"{package}'s {name}() queries the database on the loop, not your code: run the call"
+        " of yours that reaches it (form.is_valid(), a render) in sync_to_async(...) and await"
+        " it"
     )
 
 

@@ -101,7 +101,8 @@ def test_each_async_unsafe_use_is_named_with_its_fix(django_project: DjangoProje
             ".select_related('author')",
         ),
         "sync_queryset": ("QuerySet evaluated (__iter__)", "for post in", "async for"),
-        "template_count": ("QuerySet.count()", "template.render(", ".acount(...)"),
+        # the template calls count(): the fix is at the render, which the view can hand off
+        "template_count": ("QuerySet.count()", "template.render(", "a render) in sync_to_async"),
         "atomic_block": ("transaction.atomic()", "with transaction.atomic()", "sync_to_async"),
     }
     for view, (what, line_text, fix) in expected.items():
@@ -483,3 +484,68 @@ def test_a_query_no_orm_method_made_names_the_code_that_made_it(
         "a sync database call in DatabaseCache.get() on the event loop"
     )
     assert found["fix"].startswith("await its async twin .aget(...) where your code calls .get()")
+
+
+def test_orm_calls_django_makes_for_you_are_fixed_at_your_call(
+    django_project: DjangoProject,
+) -> None:
+    """A form field looking its choice up, a context processor the template engine runs: the
+    project's async code reached them through form.is_valid() and a render."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.module(
+        "tproj/context.py",
+        """
+        from tproj.models import Author
+
+
+        def authors(request):
+            return {"authors": list(Author.objects.all())}
+        """,
+    )
+    django_project.settings(
+        'TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates",'
+        ' "OPTIONS": {"context_processors": ["tproj.context.authors"]}}]\n'
+    )
+    django_project.views(
+        """
+        from django import forms
+        from django.http import HttpResponse
+        from django.template import engines
+
+        from tproj.models import Author
+
+
+        class PostForm(forms.Form):
+            author = forms.ModelChoiceField(queryset=Author.objects.all())
+
+
+        async def validates(request):
+            return HttpResponse(str(PostForm({"author": "1"}).is_valid()))
+
+
+        async def renders(request):
+            return HttpResponse(engines["django"].from_string("hi").render({}, request))
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("view", ["validates", "renders"])
+        @pytest.mark.asyncio
+        async def test_view(asgi_client, transactional_db, view):
+            await asgi_client.get(f"/{view}/")
+        """
+    )
+    _, report = django_project.report()
+    [form] = violations(report, "test_view[validates]")
+    assert form["location"]["function"] == "validates"
+    assert form["fix"].startswith(
+        "django's ModelChoiceField.to_python() queries the database on the loop, not your code"
+    ), form["fix"]
+    [processor] = violations(report, "test_view[renders]")
+    assert processor["location"]["function"] == "authors"
+    assert processor["fix"].startswith(
+        "authors() is called on the event loop by django's RequestContext.bind_template(), not"
+        " by your async code: run the call of yours that reaches it"
+    ), processor["fix"]
