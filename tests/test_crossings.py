@@ -1043,3 +1043,37 @@ def test_a_budget_warns_that_converting_a_sync_only_middleware_wakes_the_hooks_a
             " mode beside the sync-only middleware, where a MiddlewareMixin hook costs no hop;*",
         ]
     )
+
+
+def test_a_requests_one_query_is_not_called_avoidable(django_project: DjangoProject) -> None:
+    """One async query is one hop whichever way it is made: there is nothing to batch."""
+    project(django_project, "MIDDLEWARE = []\n")
+    django_project.views(
+        VIEWS
+        + """
+
+async def one_read(request):
+    return HttpResponse(str(await Item.objects.acount()))
+"""
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_max_crossings(0)
+        @pytest.mark.asyncio
+        async def test_one_read(asgi_client, transactional_db):
+            await asgi_client.get("/one_read/")
+        """
+    )
+    result = django_project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-djasync: 3 sync/async crossings in this test's call phase, more than the 0*",
+            "none of them avoidable from the project: Django's handler and the test client pay"
+            " these on every request (and a request's one query is one hop however it is made);"
+            " allow at least 3",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*batch the ORM work*")
