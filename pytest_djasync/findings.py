@@ -339,7 +339,18 @@ def _library_caller(frame: FrameType) -> str | None:
     if caller is None or is_user_path(caller.f_code.co_filename) or _not_installed(caller):
         return None
     package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
-    return f"{package}'s {getattr(caller.f_code, 'co_qualname', caller.f_code.co_name)}"
+    return f"{package}'s {method_name(caller)}"
+
+
+def method_name(frame: FrameType) -> str:
+    """``Class.method`` for a method's frame: the code's qualified name, or on Python 3.10,
+    which has none, the class of the frame's ``self``."""
+    code = frame.f_code
+    qualname: str | None = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        return qualname
+    instance = frame.f_locals.get("self")
+    return code.co_name if instance is None else f"{type(instance).__name__}.{code.co_name}"
 
 
 def _not_installed(caller: FrameType) -> bool:

@@ -136,7 +136,7 @@ def _called_by(caller: FrameType | None, evaluated: bool) -> str | None:
     if caller is None or findings.is_user_path(caller.f_code.co_filename):
         return None
     package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
-    name = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)
+    name = findings.method_name(caller)
     if evaluated:
         return (
             f"{package}'s {name}() evaluates the QuerySet on the loop, not your code: hand it"
