@@ -6,6 +6,7 @@ every patch is undone exactly (see ``patching``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import importlib
 import socket
@@ -245,6 +246,8 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
         return _wrap_socket_method(original, target)
     if target.applies is _not_the_loops_selector:
         return _wrap_selector_select(original, target)
+    if target.applies is _future_pending:
+        return _wrap_future_wait(original, target)
     applies = target.applies
 
     @functools.wraps(original)
@@ -293,6 +296,33 @@ def _wrap_self_pipe_method(original: Callable[..., Any], target: Target) -> Call
         if step is None or step.in_guard:
             return original(sock, arg, flags)
         return _call_watched(step, target, original, (sock, arg, flags), {})
+
+    return guarded
+
+
+# A future in these states hands its result (or its cancellation) over at once.
+_SETTLED = frozenset(
+    {
+        concurrent.futures._base.CANCELLED,
+        concurrent.futures._base.CANCELLED_AND_NOTIFIED,
+        concurrent.futures._base.FINISHED,
+    }
+)
+
+
+def _wrap_future_wait(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """``Future.result`` and ``.exception``, shaped for the hot case: asyncio reads every
+    executor hop's finished future through ``result()``, so a settled one goes straight by."""
+
+    @functools.wraps(original)
+    def guarded(future: Any, timeout: float | None = None) -> Any:
+        __tracebackhide__ = True
+        if future._state in _SETTLED:
+            return original(future, timeout)
+        step = watchdog.current_step()
+        if step is None or step.in_guard or not _future_pending((future, timeout), {}):
+            return original(future, timeout)
+        return _call_watched(step, target, original, (future, timeout), {})
 
     return guarded
 
