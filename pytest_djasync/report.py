@@ -275,48 +275,53 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
         lines.append(f"{number:3}. {crossing.line()}")
     avoidable, djangos, packages = _sorted_out(recorder)
     if not (avoidable or djangos or packages):
-        return "\n".join(
-            [
-                *lines,
-                "",
-                "none of them avoidable from the project: Django's handler and the test client"
-                f" pay these on every request{_LONE_QUERY if _queried(recorder) else ''};"
-                f" allow at least {recorder.total}",
-            ]
-        )
-    if avoidable:
-        lines += ["", f"{len(avoidable)} of them avoidable:"]
-        advice: dict[str, int] = {}
-        for crossing in avoidable:
-            text = _advice(crossing.origin, crossing.detail)
-            advice[text] = advice.get(text, 0) + 1
-        lines += [f"  - {text} ({count}x)" for text, count in advice.items()]
-    if djangos:
-        names = ", ".join(dict.fromkeys(djangos))
-        lines += [
-            "",
-            f"{len(djangos)} of them from Django's own middleware ({names}): each of its"
-            " MiddlewareMixin hooks costs a hop per request in an async view; remove what the"
-            " project does not need, or allow for the rest in the budget",
-        ]
-    quiet = hooks_in_sync_mode(recorder)
-    if quiet and avoidable:
-        lines += [
-            "",
-            f"careful: {', '.join(quiet)} ran in sync mode beside the sync-only middleware,"
-            " where a MiddlewareMixin hook costs no hop; once every middleware around them is"
-            " async-capable they run in async mode, and each of their hooks costs one per"
-            " request: count both before converting",
-        ]
-    if packages:
-        names = ", ".join(dict.fromkeys(packages))
-        lines += [
-            "",
-            f"{len(packages)} of them made by installed packages themselves ({names}):"
-            " production pays them too; only using those packages differently (their async"
-            " API, less work per request) avoids them, or allow for them in the budget",
-        ]
+        lone = _LONE_QUERY if _queried(recorder) else ""
+        return "\n".join([*lines, "", _NONE_AVOIDABLE.format(lone=lone, total=recorder.total)])
+    lines += _advice_lines(avoidable)
+    lines += _apart(djangos, _DJANGOS_MIDDLEWARE)
+    if avoidable:  # its advice would convert a sync-only middleware
+        lines += _apart(hooks_in_sync_mode(recorder), _CAREFUL)
+    lines += _apart(packages, _PACKAGES)
     return "\n".join(lines)
+
+
+_NONE_AVOIDABLE = (
+    "none of them avoidable from the project: Django's handler and the test client pay these"
+    " on every request{lone}; allow at least {total}"
+)
+_DJANGOS_MIDDLEWARE = (
+    "{count} of them from Django's own middleware ({names}): each of its MiddlewareMixin hooks"
+    " costs a hop per request in an async view; remove what the project does not need, or allow"
+    " for the rest in the budget"
+)
+_CAREFUL = (
+    "careful: {names} ran in sync mode beside the sync-only middleware, where a MiddlewareMixin"
+    " hook costs no hop; once every middleware around them is async-capable they run in async"
+    " mode, and each of their hooks costs one per request: count both before converting"
+)
+_PACKAGES = (
+    "{count} of them made by installed packages themselves ({names}): production pays them too;"
+    " only using those packages differently (their async API, less work per request) avoids"
+    " them, or allow for them in the budget"
+)
+
+
+def _advice_lines(avoidable: list[Crossing]) -> list[str]:
+    if not avoidable:
+        return []
+    advice: dict[str, int] = {}
+    for crossing in avoidable:
+        text = _advice(crossing.origin, crossing.detail)
+        advice[text] = advice.get(text, 0) + 1
+    lines = ["", f"{len(avoidable)} of them avoidable:"]
+    return lines + [f"  - {text} ({count}x)" for text, count in advice.items()]
+
+
+def _apart(names: list[str], text: str) -> list[str]:
+    """A paragraph about the crossings listed apart, naming whom they are for."""
+    if not names:
+        return []
+    return ["", text.format(count=len(names), names=", ".join(dict.fromkeys(names)))]
 
 
 _LONE_QUERY = " (and a request's one query is one hop however it is made)"
