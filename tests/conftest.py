@@ -112,6 +112,15 @@ class DjangoProject:
     def ini(self, extra: str = "") -> None:
         self._write("pytest.ini", PYTEST_INI.format(extra=textwrap.dedent(extra)))
 
+    def installed(self, files: dict[str, str], conftest: str = "") -> None:
+        """Modules of a stand-in installed package: under a ``site-packages`` directory, where
+        the plugin tells installed code from the project's, put on ``sys.path`` by the
+        ``conftest.py`` (which gets ``conftest`` after that)."""
+        for relative, source in files.items():
+            self._write(f"vendor/site-packages/{relative}", source)
+        path = "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
+        self._write("conftest.py", path + textwrap.dedent(conftest))
+
     def tests(self, source: str, name: str = "test_scenario.py") -> None:
         self._write(name, source)
 

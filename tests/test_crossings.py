@@ -943,11 +943,8 @@ def test_hops_of_djangos_exception_path_templates_and_packages(
     templates = 'TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates"}]\n'
     project(django_project, f"MIDDLEWARE = []\n{templates}")
     django_project.views(ELSEWHERE_VIEWS)
-    vendor = "vendor/site-packages/fakelib"
-    django_project.module(f"{vendor}/__init__.py", PACKAGE)
-    django_project.module(f"{vendor}/testing.py", PACKAGE_TESTING)
-    path = "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
-    django_project.module("conftest.py", path + CONFTEST)
+    files = {"fakelib/__init__.py": PACKAGE, "fakelib/testing.py": PACKAGE_TESTING}
+    django_project.installed(files, conftest=CONFTEST)
     django_project.tests(ELSEWHERE_TESTS)
     result, report = django_project.report(*REPORT_ARGS)
     result.assert_outcomes(passed=4, failed=1)

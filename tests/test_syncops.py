@@ -349,19 +349,14 @@ def test_a_queryset_a_package_evaluates_is_told_to_be_handed_over_as_rows(
     """A serializer (here a package in site-packages) loops over the QuerySet it was given:
     the project has no loop of its own to make `async for`."""
     django_project.module("tproj/models.py", MODELS)
-    django_project.module(
-        "vendor/site-packages/fakelib.py",
-        """
+    names = """
         def names(queryset):
             found = []
             for author in queryset:
                 found.append(author.name)
             return found
-        """,
-    )
-    django_project.module(
-        "conftest.py", "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
-    )
+        """
+    django_project.installed({"fakelib.py": names})
     django_project.views(
         """
         from django.http import HttpResponse
@@ -398,18 +393,12 @@ def test_a_sync_helper_in_a_channels_consumer_is_told_database_sync_to_async(
     also closes the worker's stale connections). A stand-in for Channels' consumer base class,
     in site-packages as the real one is, calls the project's handler."""
     django_project.module("tproj/models.py", MODELS)
-    django_project.module("vendor/site-packages/channels/__init__.py", "")
-    django_project.module(
-        "vendor/site-packages/channels/consumer.py",
-        """
+    consumer = """
         class AsyncConsumer:
             async def dispatch(self, message):
                 return await self.handle(message)
-        """,
-    )
-    django_project.module(
-        "conftest.py", "import sys\nsys.path.insert(0, 'vendor/site-packages')\n"
-    )
+        """
+    django_project.installed({"channels/__init__.py": "", "channels/consumer.py": consumer})
     django_project.views(
         """
         from channels.consumer import AsyncConsumer
