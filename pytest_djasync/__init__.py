@@ -8,12 +8,19 @@ from pytest_djasync.errors import AsyncSafetyFailure
 from pytest_djasync.latency import latency  # binds the name over the submodule's
 
 if TYPE_CHECKING:
-    from pytest_djasync.client import ASGIStreamingTransport, django_asgi_app
+    from pytest_djasync.client import ASGIClient, ASGIStreamingTransport, django_asgi_app
 
-__all__ = ["ASGIStreamingTransport", "AsyncSafetyFailure", "django_asgi_app", "latency"]
+__all__ = [
+    "ASGIClient",
+    "ASGIStreamingTransport",
+    "AsyncSafetyFailure",
+    "django_asgi_app",
+    "latency",
+]
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
+    "ASGIClient": "pytest_djasync.client",
     "ASGIStreamingTransport": "pytest_djasync.client",
     "django_asgi_app": "pytest_djasync.client",
 }

@@ -300,3 +300,18 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
                         loop.call_soon_threadsafe(exchange.disconnected.set)
             else:
                 loop.run_until_complete(self.aclose())
+
+
+class ASGIClient(httpx.AsyncClient):
+    """What ``asgi_client`` is: an ``httpx.AsyncClient``, with Django's test log-in."""
+
+    async def aforce_login(self, user: Any, backend: str | None = None) -> None:
+        """Log ``user`` in without credentials, as Django's test clients' ``force_login``
+        does: a session saved in the session store, and its cookie set on this client."""
+        from asgiref.sync import sync_to_async
+        from django.test import Client
+
+        django_client = Client()  # Django's own way of building the session (4.2 has no async)
+        await sync_to_async(django_client.force_login)(user, backend)
+        for morsel in django_client.cookies.values():
+            self.cookies.set(morsel.key, morsel.value)

@@ -16,17 +16,18 @@ if TYPE_CHECKING:
     import httpx
 
     from pytest_djasync import crossings, fanout, live
+    from pytest_djasync.client import ASGIClient
 
 
 @pytest.fixture
-def asgi_client(request: pytest.FixtureRequest) -> Iterator[httpx.AsyncClient]:
-    """An ``httpx.AsyncClient`` that drives the project's ASGI app, as uvicorn would.
+def asgi_client(request: pytest.FixtureRequest) -> Iterator[ASGIClient]:
+    """An ``httpx.AsyncClient`` that drives the project's ASGI app, as uvicorn would, with
+    ``await asgi_client.aforce_login(user)`` to log a user in.
 
     The app is built on the first request, so settings changed before it apply. The fixture is
     synchronous on purpose: it works in whatever event loop the test runs in (any
     pytest-asyncio loop scope).
     """
-    import httpx
 
     from pytest_djasync import client, djangohooks
 
@@ -43,7 +44,7 @@ def asgi_client(request: pytest.FixtureRequest) -> Iterator[httpx.AsyncClient]:
 
     hooks = {"request": [finish_before_the_loop_closes]}
     with djangohooks.test_client_signals():
-        yield httpx.AsyncClient(
+        yield client.ASGIClient(
             transport=transport, base_url="http://testserver", event_hooks=hooks
         )
         transport.cancel_pending()

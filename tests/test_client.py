@@ -803,3 +803,45 @@ def test_csrf_is_checked_and_the_documented_token_round_trip_passes(
             assert response.text == "saved"
         """,
     )
+
+
+def test_aforce_login_logs_a_user_in_for_the_following_requests(
+    django_project: DjangoProject,
+) -> None:
+    """As Django's test clients' force_login: a session in the store, its cookie on the client."""
+    django_project.views(
+        """
+        from asgiref.sync import sync_to_async
+        from django.http import HttpResponse
+
+
+        async def whoami(request):
+            name = await sync_to_async(lambda: request.user.get_username())()  # 4.2: no auser
+            return HttpResponse(name or "anonymous")
+        """
+    )
+    run_passing(
+        django_project,
+        """
+        import pytest
+        from django.contrib.auth.models import User
+
+        import pytest_djasync
+
+        MIDDLEWARE = [
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        ]
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_it(asgi_client, settings):
+            settings.MIDDLEWARE = MIDDLEWARE
+            assert isinstance(asgi_client, pytest_djasync.ASGIClient)
+            assert (await asgi_client.get("/whoami/")).text == "anonymous"
+            ada = await User.objects.acreate(username="ada")
+            await asgi_client.aforce_login(ada)
+            assert (await asgi_client.get("/whoami/")).text == "ada"
+        """,
+    )
+    django_project.run("--djasync").assert_outcomes(passed=1)  # the session on the db thread
