@@ -379,7 +379,8 @@ _NOT_RUN = (
 
 def _kept_lines(path: Path, written: int, kept: list[baseline.Key], dropped: int) -> list[str]:
     lines = [f"baseline: wrote {written} finding(s) to {path}"]
-    if kept:
+    if kept:  # the kept ones are among those written: say so, or they read as counted twice
+        lines[0] += f" ({written - len(kept)} from this run)"
         lines.append(f"baseline: kept {len(kept)} {_NOT_RUN}")
     if dropped:
         lines.append(f"baseline: dropped {dropped} known finding(s) of test files that are gone")

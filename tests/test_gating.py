@@ -139,6 +139,7 @@ def test_a_partial_writing_run_keeps_the_entries_of_the_tests_it_did_not_run(
     partial.assert_outcomes(passed=1, failed=1)
     partial.stdout.fnmatch_lines(
         [
+            "baseline: wrote 2 finding(s) to */b.txt (1 from this run)",
             "baseline: kept 1 known finding(s) of tests that did not run: deselected, skipped*",
             "baseline: dropped 1 known finding(s) of test files that are gone",
         ]
