@@ -372,7 +372,7 @@ def _name(func: Any) -> str:
 
 def _installed_package(module: str, path: str) -> str | None:
     """The top-level name of the installed package (other than Django) that ``path`` is in."""
-    if "site-packages" in path or "dist-packages" in path:
+    if findings.is_installed(path):
         return module.partition(".")[0]
     return None
 

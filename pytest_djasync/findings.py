@@ -257,9 +257,14 @@ def is_user_path(path: str) -> bool:
     if path.startswith("<"):
         return False
     real = os.path.realpath(path)
-    if "site-packages" in real or "dist-packages" in real:
+    if is_installed(real):
         return False
     return not real.startswith(_LIBRARY_ROOTS)
+
+
+def is_installed(path: str) -> bool:
+    """Installed code: under a ``site-packages`` (or Debian's ``dist-packages``) directory."""
+    return "site-packages" in path or "dist-packages" in path
 
 
 def user_frame(stack: Stack) -> Frame | None:
@@ -305,7 +310,7 @@ def fix_in(user: FrameType | None, fix: str) -> str:
         user = user.f_back  # before Python 3.12 a comprehension is a function of its own
     if user is None or user.f_code.co_flags & _ASYNC_CODE:
         return fix
-    name = getattr(user.f_code, "co_qualname", user.f_code.co_name)
+    name = method_name(user)
     if _enqueued(user):
         return (
             f"{name}() is a task that .enqueue() ran on the event loop (the immediate backend"
@@ -356,8 +361,7 @@ def method_name(frame: FrameType) -> str:
 def _not_installed(caller: FrameType) -> bool:
     # The standard library calling back (functools, contextlib, a loop's own callback): the
     # project's code is further out; only installed packages count as callers here.
-    path = caller.f_code.co_filename
-    return "site-packages" not in path and "dist-packages" not in path
+    return not is_installed(caller.f_code.co_filename)
 
 
 def _sent_by_a_signal(frame: FrameType) -> bool:

@@ -115,8 +115,7 @@ def _sync_call(maker: FrameType | None) -> tuple[str, str]:
     database cache, a library), and its async twin when it has one."""
     if maker is None:
         return _SYNC_CALL, _WRAP
-    owner, name = _owner_and_name(maker)
-    qualname = f"{owner}.{name}" if owner else name
+    qualname, name = findings.method_name(maker), maker.f_code.co_name
     twin = f"a{name}"
     if hasattr(maker.f_locals.get("self"), twin):
         return f"{_SYNC_CALL} in {qualname}()", (
@@ -212,9 +211,10 @@ def _owner_and_name(frame: FrameType) -> tuple[str, str]:
         owner, _, name = qualname.rpartition(".")
         return owner, name
     instance = frame.f_locals.get("self")
-    classes = type(instance).__mro__
-    own = "" if instance is None else type(instance).__name__
-    owner = next((c.__name__ for c in classes if c.__name__ in ("QuerySet", "Model")), own)
+    owner = next(
+        (cls.__name__ for cls in type(instance).__mro__ if cls.__name__ in ("QuerySet", "Model")),
+        "",
+    )
     return owner, code.co_name
 
 
