@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import weakref
 from collections.abc import Callable
-from concurrent import futures
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -107,10 +107,12 @@ class DatabaseThread:
                 asyncio.get_running_loop()
             except RuntimeError:
                 return enter(context)
-            # The test's own set-up, a moment's wait: done before .result(), which the guard's
-            # `wait` group would otherwise report as the loop waiting on a thread.
+            # The test's own set-up, a moment's wait, which the guard's `wait` group would
+            # report as the loop waiting on a thread: waited for on an Event, out of its sight.
             entered = executor.submit(_bind_and_enter, enter, context)
-            futures.wait([entered])
+            done = threading.Event()
+            entered.add_done_callback(lambda _: done.set())
+            done.wait()
             return entered.result()
 
         return __enter__

@@ -31,7 +31,8 @@ FIX = {
     "subprocess": f"use asyncio.create_subprocess_exec(...) or {_OFFLOAD}",
     "http": f"await an async HTTP client (httpx.AsyncClient) or {_OFFLOAD}",
     "file": f"read and write files off the loop: {_OFFLOAD}",
-    "wait": "await it instead: await asyncio.wrap_future(future), or submit with"
+    "wait": "await it instead: await asyncio.wrap_future(future) (asyncio.gather or"
+    " asyncio.as_completed over wrapped futures for several), or submit with"
     " await loop.run_in_executor(pool, fn, ...)",
 }
 
@@ -164,6 +165,8 @@ TARGETS: tuple[Target, ...] = (
         )
         for name in ("result", "exception")
     ),
+    Target("wait", "concurrent.futures", "", "wait", "concurrent.futures.wait"),
+    Target("wait", "concurrent.futures", "", "as_completed", "concurrent.futures.as_completed"),
     Target("file", "builtins", "", "open", "open"),
     Target("file", "io", "", "open", "io.open"),
     # Python 3.10's pathlib took its own reference to io.open at import time.
@@ -248,6 +251,10 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
         return _wrap_selector_select(original, target)
     if target.applies is _future_pending:
         return _wrap_future_wait(original, target)
+    if target.attr == "wait" and target.module == "concurrent.futures":
+        return _wrap_futures_wait(original, target)
+    if target.attr == "as_completed":
+        return _wrap_as_completed(original, target)
     applies = target.applies
 
     @functools.wraps(original)
@@ -323,6 +330,65 @@ def _wrap_future_wait(original: Callable[..., Any], target: Target) -> Callable[
         if step is None or step.in_guard or not _future_pending((future, timeout), {}):
             return original(future, timeout)
         return _call_watched(step, target, original, (future, timeout), {})
+
+    return guarded
+
+
+# What concurrent.futures.wait() and as_completed() count as done (a future cancelled but not
+# yet seen by its executor is waited for).
+_NOTIFIED = frozenset(
+    {concurrent.futures._base.CANCELLED_AND_NOTIFIED, concurrent.futures._base.FINISHED}
+)
+
+
+def _wait_returns_at_once(fs: set[Any], return_when: str) -> bool:
+    done = [future for future in fs if future._state in _NOTIFIED]
+    if len(done) == len(fs) or (return_when == concurrent.futures.FIRST_COMPLETED and done):
+        return True
+    return return_when == concurrent.futures.FIRST_EXCEPTION and any(
+        not future.cancelled() and future._exception is not None for future in done
+    )
+
+
+def _wrap_futures_wait(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """``concurrent.futures.wait``: a wait only when what it waits for has not happened yet."""
+
+    @functools.wraps(original)
+    def guarded(
+        fs: Any, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
+    ) -> Any:
+        __tracebackhide__ = True
+        fs = set(fs)  # as the original does: an iterator is read once
+        step = watchdog.current_step()
+        if step is None or step.in_guard or timeout == 0 or _wait_returns_at_once(fs, return_when):
+            return original(fs, timeout, return_when)
+        return _call_watched(step, target, original, (fs, timeout, return_when), {})
+
+    return guarded
+
+
+def _wrap_as_completed(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
+    """``as_completed`` waits while it is iterated, not when called: a step of the iteration
+    with no finished future left to hand over is a wait."""
+
+    @functools.wraps(original)
+    def guarded(fs: Any, timeout: float | None = None) -> Any:
+        __tracebackhide__ = True
+        fs = set(fs)
+        waiting = set(fs)
+        iterator = original(fs, timeout)
+        while True:
+            step = watchdog.current_step()
+            ready = any(future._state in _NOTIFIED for future in waiting)
+            try:
+                if ready or not waiting or step is None or step.in_guard or timeout == 0:
+                    future = next(iterator)
+                else:
+                    future = _call_watched(step, target, next, (iterator,), {})
+            except StopIteration:
+                return
+            waiting.discard(future)
+            yield future
 
     return guarded
 

@@ -172,6 +172,17 @@ async def waits_on_a_thread(request):
     return _ok()
 
 
+async def waits_on_threads(request):
+    concurrent.futures.wait([_POOL.submit(time.sleep, 0.01)])
+    return _ok()
+
+
+async def iterates_as_completed(request):
+    for future in concurrent.futures.as_completed([_POOL.submit(time.sleep, 0.01)]):
+        pass
+    return _ok()
+
+
 async def with_http_client(request):
     url = urllib.parse.urlsplit(request.GET["url"])
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
@@ -187,7 +198,7 @@ import pytest
 CASES = [
     "sleeps", "socket_pair", "socket_send_recv", "dns", "selects", "a_selector", "subprocess_run",
     "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_httpx_get",
-    "with_http_client", "waits_on_a_thread",
+    "with_http_client", "waits_on_a_thread", "waits_on_threads", "iterates_as_completed",
 ]
 
 
@@ -216,6 +227,14 @@ EXPECTED_CALLS = {
     "waits_on_a_thread": (
         "concurrent.futures.Future.result",
         "_POOL.submit(time.sleep, 0.01).result()",
+    ),
+    "waits_on_threads": (
+        "concurrent.futures.wait",
+        "concurrent.futures.wait([_POOL.submit(time.sleep, 0.01)])",
+    ),
+    "iterates_as_completed": (
+        "concurrent.futures.as_completed",
+        "for future in concurrent.futures.as_completed(",
     ),
 }
 
@@ -831,6 +850,12 @@ async def offloaded(request):
         future = pool.submit(time.sleep, 0.2)
         await asyncio.wrap_future(future)
         future.result()  # done: hands the result over at once
+        # What they wait for has happened: they return at once.
+        concurrent.futures.wait(future for future in [future])
+        never = concurrent.futures.Future()
+        concurrent.futures.wait([future, never], return_when="FIRST_COMPLETED")
+        concurrent.futures.wait([never], timeout=0)
+        assert list(concurrent.futures.as_completed([future])) == [future]
         await asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.2)
     return HttpResponse("ok")
 
