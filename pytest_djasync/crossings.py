@@ -470,6 +470,31 @@ def hooks_in_sync_mode(recorder: Recorder) -> list[str]:
     return [cls.__qualname__ for cls in mixins if cls and cls.__qualname__ not in seen]
 
 
+def sync_only_middleware() -> list[str]:
+    """The middleware of ``settings.MIDDLEWARE`` that Django can only run in sync mode: the
+    ones every mode adapter in an async request is there for."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    names = []
+    for path in settings.MIDDLEWARE:
+        try:
+            middleware = import_string(path)
+        except ImportError:
+            continue
+        if getattr(middleware, "sync_capable", True) and not getattr(
+            middleware, "async_capable", False
+        ):
+            names.append(_middleware_name(middleware))
+    return names
+
+
+def _middleware_name(middleware: Any) -> str:
+    if isinstance(middleware, type):
+        return middleware.__qualname__
+    return f"{getattr(middleware, '__module__', '?')}.{getattr(middleware, '__qualname__', '?')}"
+
+
 def _mixin(path: str) -> type | None:
     """The ``MiddlewareMixin`` class at ``path`` that has a hook, else ``None``."""
     from django.utils.deprecation import MiddlewareMixin

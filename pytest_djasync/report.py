@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_djasync import fanout
 from pytest_djasync._io import write_text_atomically
-from pytest_djasync.crossings import Crossing, Recorder, hooks_in_sync_mode
+from pytest_djasync.crossings import Crossing, Recorder, hooks_in_sync_mode, sync_only_middleware
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
 
@@ -238,7 +238,7 @@ CROSSINGS_FIX = (
 )
 
 _CROSSING_ADVICE = {
-    "middleware": "make the middleware async-capable (async_capable = True with an async"
+    "middleware": "make {which} async-capable (async_capable = True with an async"
     " __call__, or @sync_and_async_middleware) so Django needs no adapter around it",
     "hook": "replace the MiddlewareMixin hook with an async-capable middleware: each hook costs"
     " a hop per request",
@@ -313,6 +313,13 @@ def _advice_lines(avoidable: list[Crossing]) -> list[str]:
     for crossing in avoidable:
         text = _advice(crossing.origin, crossing.detail)
         advice[text] = advice.get(text, 0) + 1
+    if _CROSSING_ADVICE["middleware"] in advice:
+        which = ", ".join(sync_only_middleware()) or "the middleware"
+        named = _CROSSING_ADVICE["middleware"].format(which=which)
+        advice = {
+            named if text == _CROSSING_ADVICE["middleware"] else text: count
+            for text, count in advice.items()
+        }
     lines = ["", f"{len(avoidable)} of them avoidable:"]
     return lines + [f"  - {text} ({count}x)" for text, count in advice.items()]
 

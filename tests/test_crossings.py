@@ -486,7 +486,8 @@ def test_marker_passes_at_the_exact_count_and_fails_one_below(
             f"  3. middleware: mode adapter below SyncThree {a2s}{served}",
             "  4. handler: HttpResponse.close *",
             "2 of them avoidable:",
-            "  - make the middleware async-capable (*) so Django needs no adapter around it (2x)",
+            "  - make SyncOne, SyncTwo, SyncThree async-capable (*) so Django needs no adapter"
+            " around it (2x)",
         ]
     )
     result.stdout.no_fnmatch_line("13 of them avoidable:")  # Django's can only be removed
@@ -1021,7 +1022,7 @@ def test_a_budget_warns_that_converting_a_sync_only_middleware_wakes_the_hooks_a
         @pytest.mark.djasync_max_crossings(0)
         @pytest.mark.asyncio
         async def test_legacy_last(asgi_client, settings):
-            settings.MIDDLEWARE = {DEFAULT_STACK!r} + ["{M}SyncOne"]
+            settings.MIDDLEWARE = {DEFAULT_STACK!r} + ["{M}SyncOne", "{M}sync_two"]
             assert (await asgi_client.get("/hello/")).status_code == 200
         """
     )
@@ -1031,9 +1032,9 @@ def test_a_budget_warns_that_converting_a_sync_only_middleware_wakes_the_hooks_a
         [
             "pytest-djasync: 5 sync/async crossings in this test's call phase, more than the 0*",
             "  2. middleware: mode adapter around SecurityMiddleware *",
-            "  3. middleware: mode adapter below SyncOne *",
+            "  3. middleware: mode adapter below tproj.middleware.*middleware *",
             "2 of them avoidable:",
-            "  - make the middleware async-capable * (2x)",
+            "  - make SyncOne, tproj.middleware.sync_two async-capable * (2x)",
             "1 of them from Django's own middleware (CsrfViewMiddleware)*",
             "careful: SecurityMiddleware, SessionMiddleware, CommonMiddleware,"
             " AuthenticationMiddleware, MessageMiddleware, XFrameOptionsMiddleware ran in sync"
