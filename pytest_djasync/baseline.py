@@ -37,16 +37,24 @@ def key(nodeid: str, violation: Mapping[str, Any]) -> Key:
 
 
 def _outermost_own(stack: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The outermost frame of the project's code in a stall's stack, outermost first: the view,
+    """Where a stall's step entered the project's code (its stack outermost first): the view,
     middleware or test whose step it was. Samples of one stall land in different functions it
-    calls (a loop calling _discount, then _tax); its entry into the project does not move."""
-    for frame in stack:
-        path = str(frame.get("path", "")).replace("\\", "/")
+    calls (a loop calling _discount, then _tax); its entry into the project does not move.
+    Below Django's handler the entry is the view Django called, not an async middleware
+    around it, which every view's stall passes through."""
+    frames = [(frame, str(frame.get("path", "")).replace("\\", "/")) for frame in stack]
+    below = max((n for n, (_, path) in enumerate(frames, 1) if _HANDLER.match(path)), default=0)
+    return _first_own(frames[below:]) or _first_own(frames)
+
+
+def _first_own(frames: list[tuple[Mapping[str, Any], str]]) -> Mapping[str, Any] | None:
+    for frame, path in frames:
         if not (_ELSEWHERE.match(path) or _INSTALLED.match(path) or _STDLIB.match(path)):
             return frame
     return None
 
 
+_HANDLER = re.compile(r"(?:.*/)?django/core/handlers/[^/]+\.py$")  # calls middleware and views
 _INSTALLED = re.compile(r".*(?:site|dist)-packages/(.+)$")
 _STDLIB = re.compile(r".*/lib/python\d+\.\d+/(.+)$")
 _ELSEWHERE = re.compile(r"(/|[A-Za-z]:/|<)")  # outside the rootdir, or no file

@@ -668,3 +668,74 @@ def test_a_stall_is_keyed_by_where_it_entered_the_project_not_by_its_sample() ->
     assert keys == {("t.py::t", "stall", "shop/views.py:quote", "event loop step")}
     blocking = {**stall("_tax"), "kind": "blocking-call", "what": "time.sleep"}
     assert baseline.key("t.py::t", blocking)[2] == "shop/pricing.py:_tax"  # exact: no sampling
+
+
+def test_a_stall_below_an_async_middleware_is_keyed_by_its_view(
+    django_project: DjangoProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every view's stall passes through an async middleware's __call__, the outermost project
+    frame: keyed there, a known stall in one view excused a new one in another (trial, 3/3)."""
+    django_project.module(
+        "tproj/middleware.py",
+        """
+        from django.utils.decorators import async_only_middleware
+
+
+        @async_only_middleware
+        def request_id(get_response):
+            async def middleware(request):
+                return await get_response(request)
+
+            return middleware
+        """,
+    )
+    django_project.settings("MIDDLEWARE = ['tproj.middleware.request_id']\n")
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+
+        def _score(seconds):
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+
+
+        def _digest(seconds):
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+
+
+        async def ranking(request):
+            _score(0.3)
+            return HttpResponse("ok")
+
+
+        async def digest(request):
+            _digest(0.3)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import os
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_report_page(asgi_client):
+            await asgi_client.get("/ranking/")
+            if os.environ.get("NEW_REGRESSION"):
+                await asgi_client.get("/digest/")
+        """
+    )
+    django_project.run("--djasync", "--djasync-baseline=known.txt", "--djasync-baseline-write")
+    known = (django_project.path / "known.txt").read_text()
+    assert "tproj/views.py:ranking" in known, known
+    monkeypatch.setenv("NEW_REGRESSION", "1")
+    result = django_project.run("--djasync", "--djasync-baseline=known.txt")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*1 unexcused, 1 known from the baseline*"])
