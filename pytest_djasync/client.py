@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from pytest_djasync.findings import current_request
+from pytest_djasync.findings import serving
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -232,7 +232,7 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         exchange = _Exchange(request)
         scope = build_scope(request, self._client, self._root_path)
         context = contextvars.copy_context()
-        context.run(current_request.set, f"{request.method} {request.url.path}")
+        context.run(serving, f"{request.method} {request.url.path}")
         # A task copies the context current at its creation (``create_task(context=)`` is 3.11+).
         task: asyncio.Task[None] = context.run(
             asyncio.ensure_future, app(scope, exchange.receive, exchange.send)

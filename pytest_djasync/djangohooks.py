@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from pytest_djasync import patching
-from pytest_djasync.findings import current_request
+from pytest_djasync.findings import served, serving
 
 
 @contextlib.contextmanager
@@ -35,11 +35,11 @@ def test_client_signals() -> Iterator[None]:
 def _naming_requests(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
     async def __call__(self: Any, scope: Mapping[str, Any], *args: Any) -> Any:
-        token = current_request.set(f"{scope.get('method', '?')} {scope.get('path', '?')}")
+        tokens = serving(f"{scope.get('method', '?')} {scope.get('path', '?')}")
         try:
             return await original(self, scope, *args)
         finally:
-            current_request.reset(token)
+            served(tokens)
 
     return __call__
 
@@ -49,11 +49,11 @@ def _naming_sync_requests(original: Callable[..., Any]) -> Callable[..., Any]:
     def __call__(self: Any, environ: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
         # asgiref copies the context into the loop an async view runs on, so it names it too
         request = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO', '?')}"
-        token = current_request.set(request)
+        tokens = serving(request)
         try:
             return original(self, environ, *args, **kwargs)
         finally:
-            current_request.reset(token)
+            served(tokens)
 
     return __call__
 

@@ -72,6 +72,7 @@ class Finding:
     count: int = 1
     allowed_by: str | None = None  # the djasync_allow pattern that accepted it
     exception: BaseException | None = None  # the error behind a sync-only finding
+    sent_by: str | None = None  # the test whose request this was, when not the finding's test
 
     @property
     def key(self) -> tuple[str, str, Frame | None]:
@@ -108,6 +109,8 @@ class Collector:
         self._notes: dict[str, list[Any]] = {}  # key -> [first text, times seen]
 
     def add(self, finding: Finding) -> None:
+        if finding.sent_by == self.nodeid:
+            finding.sent_by = None
         pattern = _allowing_pattern(finding.stack, self._allow)
         with self._lock:
             if pattern is not None:
@@ -159,6 +162,25 @@ def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
 current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "djasync_current_request", default=None
 )
+#: The test that was running when that request started: a task the request left running can
+#: make its findings in a later test, which the failure should not leave puzzled.
+request_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "djasync_request_sender", default=None
+)
+
+_Tokens = tuple["contextvars.Token[str | None]", "contextvars.Token[str | None]"]
+
+
+def serving(request: str) -> _Tokens:
+    """Name the request the current context serves, and the test that sent it."""
+    sender = _active.nodeid if _active is not None else None
+    return current_request.set(request), request_sender.set(sender)
+
+
+def served(tokens: _Tokens) -> None:
+    current_request.reset(tokens[0])
+    request_sender.reset(tokens[1])
+
 
 _active: Collector | None = None
 _internal_errors: list[str] = []

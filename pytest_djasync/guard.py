@@ -512,6 +512,7 @@ def _report(step: Any, target: Target, caller: Any, took: float) -> None:
                 stack=stack,
                 location=findings.user_frame(stack),
                 request=findings.current_request.get(),
+                sent_by=findings.request_sender.get(),
                 fix=fix,
                 thread=step.name,
             )

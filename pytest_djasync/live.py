@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from pytest_djasync.client import ASGIApp, Receive, Scope, Send, django_asgi_app
-from pytest_djasync.findings import current_request
+from pytest_djasync.findings import served, serving
 
 if TYPE_CHECKING:
     import socket
@@ -55,11 +55,11 @@ def named_requests(app: ASGIApp) -> ASGIApp:
     """``app``, with each request named in findings (``"GET /path/"``) whatever app it is."""
 
     async def named(scope: Scope, receive: Receive, send: Send) -> None:
-        token = current_request.set(f"{scope.get('method', '?')} {scope.get('path', '?')}")
+        tokens = serving(f"{scope.get('method', '?')} {scope.get('path', '?')}")
         try:
             await app(scope, receive, send)
         finally:
-            current_request.reset(token)
+            served(tokens)
 
     return named
 

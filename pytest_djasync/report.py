@@ -56,7 +56,8 @@ def _finding_lines(number: int, finding: Finding, root: Path, verbose: bool) -> 
     if source:
         lines.append(f"       {source}")
     if finding.request:
-        lines.append(f"   while serving: {finding.request}")
+        sender = f" (sent by {finding.sent_by}, which left it running)" if finding.sent_by else ""
+        lines.append(f"   while serving: {finding.request}{sender}")
     if finding.thread != "MainThread":
         lines.append(f"   thread: {finding.thread}")
     lines.append(f"   fix: {finding.fix}")

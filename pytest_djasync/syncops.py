@@ -58,6 +58,7 @@ def _record(error: BaseException, frame: FrameType) -> None:
             stack=stack,
             location=findings.user_frame(stack),
             request=findings.current_request.get(),
+            sent_by=findings.request_sender.get(),
             fix=fix,
             thread=threading.current_thread().name,
             exception=error,

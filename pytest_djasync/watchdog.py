@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import gc
 import os
 import sys
@@ -358,6 +359,7 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
         return
     stack, location, note = _stall_stack(samples, handle)
     note = "; ".join(filter(None, (note, _tracer_note())))
+    request, sent_by = _request_of(handle)
     findings.record(
         Finding(
             kind=findings.STALL,
@@ -365,7 +367,8 @@ def _finish(step: _Step, handle: asyncio.Handle, start: float, end: float) -> No
             duration_ms=blocked * 1000,
             stack=stack,
             location=location,
-            request=_request_of(handle),
+            request=request,
+            sent_by=sent_by,
             fix=stall_fix(stack),
             thread=step.name,
             note=note,
@@ -589,12 +592,10 @@ def _suspended_stack(handle: asyncio.Handle) -> Stack:
     return tuple(stack)
 
 
-def _request_of(handle: asyncio.Handle) -> str | None:
-    context = getattr(handle, "_context", None)
-    if context is None:
-        return findings.current_request.get()
-    request: str | None = context.get(findings.current_request)
-    return request
+def _request_of(handle: asyncio.Handle) -> tuple[str | None, str | None]:
+    """The request the step served and the test that sent it, from the step's context."""
+    context = getattr(handle, "_context", None) or contextvars.copy_context()
+    return context.get(findings.current_request), context.get(findings.request_sender)
 
 
 def _code_frame(code: Any) -> Stack:

@@ -825,6 +825,60 @@ def test_every_kind_of_loop_is_watched(django_project: DjangoProject) -> None:
         assert found["location"]["function"] == "_blocks"
 
 
+def test_a_finding_of_a_task_a_request_left_running_names_the_test_that_sent_it(
+    django_project: DjangoProject,
+) -> None:
+    """On a loop the tests share, a task a view started and did not wait for makes its findings
+    in whichever test is running then; the failure names the test whose request it was."""
+    django_project.views(
+        """
+        import asyncio
+        import time
+
+        from django.http import HttpResponse
+
+        _TASKS = set()
+
+
+        async def _audit_later():
+            await asyncio.sleep(0.05)
+            time.sleep(0.001)
+
+
+        async def fire(request):
+            task = asyncio.create_task(_audit_later())
+            _TASKS.add(task)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import asyncio
+
+        import pytest
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_fires(asgi_client):
+            assert (await asgi_client.get("/fire/")).status_code == 200
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_innocent():
+            await asyncio.sleep(0.3)
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=1, failed=1)
+    [found] = violations(report, "test_innocent")
+    assert found["request"] == "GET /fire/"
+    result.stdout.fnmatch_lines(
+        [
+            "*1. blocking call time.sleep() * in _audit_later",
+            "   while serving: GET /fire/ (sent by test_scenario.py::test_fires,"
+            " which left it running)",
+        ]
+    )
+
+
 CLEAN_VIEWS = """
 import asyncio
 import concurrent.futures
