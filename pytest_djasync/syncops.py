@@ -176,6 +176,11 @@ def _lazy_request_attribute(code: CodeType) -> tuple[str, str] | None:
 
 _SYNC_CALL = "a sync database call"
 _WRAP = "wrap the sync ORM block in sync_to_async(...) and await it"
+_AITERATOR = (
+    "Django's aiterator() ran the query on the loop itself, which it does for values_list()"
+    " with several fields (a Django bug): iterate the queryset instead (async for row in"
+    " queryset), which fetches its rows in a thread"
+)
 
 
 def _lazy_relation(frame: FrameType) -> tuple[str, str]:
@@ -197,6 +202,8 @@ def _orm_method(frame: FrameType) -> tuple[str, str]:
     qualname = f"{owner}.{method}" if owner else method
     if method in _EVALUATION:
         return f"{owner or 'QuerySet'} evaluated ({method})", _ITERATE
+    if method == "aiterator":  # the project called the async API; Django's own code failed it
+        return f"{qualname}()", _AITERATOR
     async_twin = f"a{method}"
     if owner in ("QuerySet", "Model") and _has_async_twin(owner, async_twin):
         return f"{qualname}()", f"await the async method .{async_twin}(...) instead"
