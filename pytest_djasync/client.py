@@ -71,6 +71,15 @@ def build_scope(request: httpx.Request, client: tuple[str, int], root_path: str)
     }
 
 
+class ClientDisconnected(OSError):
+    """Raised by ``send`` once the client is gone, to an app that does not listen for it.
+
+    The ASGI spec's "disconnected client" rule. An app that waits in ``receive`` (Django 5.0+,
+    Starlette) hears of the disconnect there and stops itself; one that never calls
+    ``receive`` again (Django 4.2 streaming a response) would otherwise stream on forever.
+    """
+
+
 class _Exchange:
     """One request/response between the client and the app, seen from both ends."""
 
@@ -84,6 +93,8 @@ class _Exchange:
         # Set once the response started, or the app returned without starting one.
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.disconnected = asyncio.Event()
+        self._listening = 0  # receive() calls waiting for the disconnect
+        self.unheard = False  # the client left while the app was not listening
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(_BODY_QUEUE_SIZE)
@@ -93,7 +104,11 @@ class _Exchange:
             return {"type": "http.disconnect"}
         if self._body_done:
             # Like a server: block until the client goes away, not a moment sooner.
-            await self.disconnected.wait()
+            self._listening += 1
+            try:
+                await self.disconnected.wait()
+            finally:
+                self._listening -= 1
             return {"type": "http.disconnect"}
         if self._offset < len(self._chunk):
             # A client's body often comes as one chunk (``content=``, ``files=``): handed over
@@ -117,7 +132,15 @@ class _Exchange:
             self._body_done = True
             return b""
 
+    def disconnect(self) -> None:
+        """The client goes away."""
+        if not self.disconnected.is_set():
+            self.unheard = not self._listening
+            self.disconnected.set()
+
     async def send(self, message: Message) -> None:
+        if self.unheard:
+            raise ClientDisconnected("the client disconnected")
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", []))
@@ -168,15 +191,28 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # Waiting for the app means a test sees all of a request's work done once the
         # response is closed: signals, ``response.close()``, thread hops.
-        self._exchange.disconnected.set()
+        self._exchange.disconnect()
         try:
+            if self._exchange.unheard:
+                await _finish_or_cancel(self._task)
             await self._task
         except asyncio.CancelledError:
             if not self._task.cancelled():
                 raise
+        except ClientDisconnected:
+            pass  # the app streamed on after the test closed the response: told to stop
         except Exception:
             if self._raise_errors:
                 raise
+
+
+async def _finish_or_cancel(task: asyncio.Task[None]) -> None:
+    """An app that did not hear the disconnect stops at its next ``send``; one that sends no
+    more (Django 4.2 awaiting inside a stream) is given the time a server shutting down
+    gives it."""
+    done, _ = await asyncio.wait({task}, timeout=_CLOSE_GRACE_S)
+    if not done:
+        task.cancel()
 
 
 async def _first_of(get: Awaitable[bytes | None], task: asyncio.Task[None]) -> bytes | None:
@@ -275,8 +311,11 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
         if not pending:
             return
         for exchange in pending.values():
-            exchange.disconnected.set()
-        _, stuck = await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+            exchange.disconnect()
+        done, stuck = await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+        for task in done:  # its error is the response's, which the test never read
+            if not task.cancelled():
+                task.exception()
         for task in stuck:
             task.cancel()
         await asyncio.gather(*stuck, return_exceptions=True)
@@ -297,7 +336,7 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
             if loop.is_running() or len(loops) > 1:
                 for task, exchange in list(self._pending.items()):
                     if task.get_loop() is loop:
-                        loop.call_soon_threadsafe(exchange.disconnected.set)
+                        loop.call_soon_threadsafe(exchange.disconnect)
             else:
                 loop.run_until_complete(self.aclose())
 

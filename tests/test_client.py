@@ -82,6 +82,19 @@ async def endless(request):
     return StreamingHttpResponse(chunks())
 
 
+ticked = []
+
+
+async def ticking(request):
+    async def ticks():
+        while True:
+            ticked.append(1)
+            yield b"tick"
+            await asyncio.sleep(0.01)
+
+    return StreamingHttpResponse(ticks())
+
+
 async def stuck(request):
     entered.set()
     try:
@@ -342,6 +355,39 @@ def test_client_leaving_a_stream_early_cancels_the_view(project: DjangoProject) 
 
             response = await asgi_client.get("/hello/")  # the client is still usable
             assert response.text == "hello async"
+        """,
+    )
+
+
+def test_a_stream_left_early_stops_though_the_app_does_not_listen_for_it(
+    project: DjangoProject,
+) -> None:
+    """Django 4.2 never asks whether its client left a stream: closing the response would wait
+    for the stream's end, forever here (trial, 2/2). As the ASGI spec has it, ``send`` raises
+    once the client is gone; Django 5.0+ hears of it in ``receive`` first."""
+    run_passing(
+        project,
+        """
+        import asyncio
+
+        import pytest
+
+        from tproj import views
+
+        @pytest.mark.asyncio
+        async def test_it(asgi_client):
+            async def scenario():
+                async with asgi_client.stream("GET", "/ticking/") as response:
+                    async for chunk in response.aiter_raw():
+                        assert chunk == b"tick"
+                        break
+
+            finished, _ = await asyncio.wait({asyncio.ensure_future(scenario())}, timeout=60)
+            assert finished, "closing the response waited for an endless stream"
+            ticks = len(views.ticked)
+            await asyncio.sleep(0.1)
+            assert len(views.ticked) == ticks, "the app streamed on after the client left"
+            assert (await asgi_client.get("/hello/")).text == "hello async"
         """,
     )
 
