@@ -107,6 +107,7 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        __tracebackhide__ = True
         plan = markers.plan(item, self.watch.block_ms)
         if not (self.enabled or plan.asks_for_watching):
             return (yield)
@@ -123,6 +124,7 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        __tracebackhide__ = True
         running = self._watched(item)
         if running is not None and self.watch.records[running.nodeid].reported:
             self._begin(running)  # pytest-rerunfailures runs the phases again: a new attempt
@@ -143,6 +145,8 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        __tracebackhide__ = True  # an error raised outside the test's own code (a timeout
+        # in the loop's select) is shown from the test's runner, as without the plugin
         running = self._watched(item)
         if running is None:
             return (yield)
@@ -167,6 +171,7 @@ class WatchHooks:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        __tracebackhide__ = True
         running = self._watched(item)
         if running is None:
             return (yield)
@@ -224,7 +229,10 @@ class WatchHooks:
             entry = self._outgoing[nodeid] = report.test_entry(record, self.root, self._detailed)
         if self._junit:
             entry = entry or report.empty_entry(nodeid, self._detailed)
-            item.user_properties.extend(report.junit_properties(entry))
+            # a rerun's (pytest-rerunfailures) replace the earlier attempt's, which stay on
+            # the item
+            earlier = [p for p in item.user_properties if not str(p[0]).startswith("djasync_")]
+            item.user_properties[:] = earlier + report.junit_properties(entry)
 
     # -- the whole run ----------------------------------------------------------------------------
 

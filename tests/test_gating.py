@@ -590,7 +590,9 @@ def test_each_rerun_is_judged_on_its_own(django_project: DjangoProject) -> None:
                 time.sleep(0.001)
         """
     )
-    result, report = django_project.report("--reruns", "2", "-p", "no:randomly")
+    result, report = django_project.report(
+        "--reruns", "2", "-p", "no:randomly", "--junitxml=junit.xml"
+    )
     outcomes = result.parseoutcomes()
     assert (outcomes["failed"], outcomes["passed"], outcomes["rerun"]) == (1, 1, 3), outcomes
     [always] = violations(report, "test_always_blocks")
@@ -598,6 +600,16 @@ def test_each_rerun_is_judged_on_its_own(django_project: DjangoProject) -> None:
     assert not violations(report, "test_blocks_once")
     final = {entry["nodeid"].split("::")[1]: entry["outcome"] for entry in report["tests"]}
     assert final == {"test_always_blocks": "failed", "test_blocks_once": "passed"}
+    # JUnit XML too: the last attempt's counts, once each (earlier ones stayed, trial 3/3)
+    tree = ET.parse(django_project.path / "junit.xml")
+    *_, last = [case for case in tree.iter("testcase") if case.get("name") == "test_blocks_once"]
+    properties = [(p.get("name"), p.get("value")) for p in last.iter("property")]
+    assert len(properties) == len(dict(properties)), properties
+    assert dict(properties) == {
+        "djasync_findings": "0",
+        "djasync_crossings_total": "0",
+        "djasync_fanout_peak": "0",
+    }
 
 
 def _at(kind: str, path: str, function: str = "inner") -> dict[str, Any]:

@@ -2135,3 +2135,44 @@ def test_a_step_timer_someone_wrapped_is_reused_not_wrapped_again(
     )
     result = django_project.run("-p", "no:randomly")  # no --djasync: one watch per marked test
     result.assert_outcomes(passed=3)
+
+
+def test_an_error_raised_outside_the_test_is_not_shown_from_the_plugin(
+    django_project: DjangoProject,
+) -> None:
+    """A timeout's signal raised while the loop waits in select (pytest-timeout's signal
+    method) has no frame of the test: its traceback starts at the runner, not at the plugin's
+    hook wrapper, as it does without the plugin (trial, 3/3)."""
+    django_project.module(
+        "timeouts.py",
+        """
+        import signal
+
+
+        def _expire(*args):
+            raise RuntimeError("timed out")
+
+
+        def arm():
+            signal.signal(signal.SIGALRM, _expire)
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+        """,
+    )
+    django_project.tests(
+        """
+        import asyncio
+
+        import pytest
+
+        from timeouts import arm
+
+        @pytest.mark.asyncio
+        async def test_hangs():
+            arm()
+            await asyncio.sleep(5)
+        """
+    )
+    result = django_project.run("--djasync")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: timed out"])
+    result.stdout.no_fnmatch_line("*pytest_djasync*")
