@@ -147,6 +147,12 @@ TARGETS: tuple[Target, ...] = (
         "getresponse",
         "http.client.HTTPConnection.getresponse",
     ),
+    # Reading the body blocks on the socket only when it did not come with the headers, which
+    # depends on the network: guarded whole, the read is one finding every time.
+    *(
+        Target("http", "http.client", "HTTPResponse", name, f"http.client.HTTPResponse.{name}")
+        for name in ("read", "read1", "readinto", "readline", "peek")
+    ),
     Target("http", "httpx", "Client", "send", "httpx.Client.send"),
     # httpx.get() and the others build a Client per call, and its SSL context alone is tens of
     # milliseconds of CPU: guarded whole, the call is one finding, not a send and a stall.

@@ -153,6 +153,12 @@ async def with_urllib(request):
     return _ok()
 
 
+async def reads_a_response(request):
+    response = urllib.request.urlopen(request.GET["url"], timeout=5)
+    response.read()
+    return _ok()
+
+
 async def with_httpx_client(request):
     with httpx.Client() as client:
         client.get(request.GET["url"])
@@ -197,8 +203,9 @@ import pytest
 
 CASES = [
     "sleeps", "socket_pair", "socket_send_recv", "dns", "selects", "a_selector", "subprocess_run",
-    "with_requests", "with_urllib3", "with_urllib", "with_httpx_client", "with_httpx_get",
-    "with_http_client", "waits_on_a_thread", "waits_on_threads", "iterates_as_completed",
+    "with_requests", "with_urllib3", "with_urllib", "reads_a_response", "with_httpx_client",
+    "with_httpx_get", "with_http_client", "waits_on_a_thread", "waits_on_threads",
+    "iterates_as_completed",
 ]
 
 
@@ -220,7 +227,8 @@ EXPECTED_CALLS = {
     "subprocess_run": ("subprocess.Popen.communicate", "subprocess.run("),
     "with_requests": ("requests.Session.send", "requests.get("),
     "with_urllib3": ("urllib3.HTTPConnectionPool.urlopen", "urllib3.PoolManager()"),
-    "with_urllib": ("urllib.request.urlopen", "urllib.request.urlopen("),
+    "with_urllib": ("urllib.request.urlopen", "    urllib.request.urlopen("),
+    "reads_a_response": ("urllib.request.urlopen", "response = urllib.request.urlopen("),
     "with_httpx_client": ("httpx.Client.send", "client.get("),
     "with_httpx_get": ("httpx.get", "httpx.get("),
     "with_http_client": ("http.client.HTTPConnection.request", 'connection.request("GET", "/")'),
@@ -255,6 +263,10 @@ def test_each_blocking_call_is_caught_and_named(django_project: DjangoProject) -
         assert first["request"] == f"GET /{view}/"
         assert first["location"] in first["stack"]
         assert first["duration_ms"] == round(first["duration_ms"], 3)  # not 0.12345678901
+    # The body's read is one finding whether or not it came with the headers (network timing)
+    _, read = violations(report, "test_view[reads_a_response]")
+    assert read["message"].startswith("blocking call http.client.HTTPResponse.read()"), read
+    assert read["location"]["line"] == line_of(BLOCKING_VIEWS, "    response.read()")
     _, recv = violations(report, "test_view[socket_send_recv]")
     assert recv["message"].startswith("blocking call socket.recv()"), recv["message"]
     assert recv["location"]["line"] == line_of(BLOCKING_VIEWS, "right.recv(1, 0)")
