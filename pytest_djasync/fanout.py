@@ -30,6 +30,11 @@ import httpx
 from pytest_djasync import findings, patching
 from pytest_djasync.client import ASGIStreamingTransport
 
+# asyncio.TaskGroup is Python 3.11+.
+TOGETHER = "asyncio.gather(...)" + (
+    " or an asyncio.TaskGroup" if sys.version_info >= (3, 11) else ""
+)
+
 _IN_PROCESS = (httpx.ASGITransport, httpx.WSGITransport, ASGIStreamingTransport)
 _perf = time.perf_counter
 
@@ -119,7 +124,7 @@ class Recorder:
         if len(tasks) == 1 and None not in tasks and self.peak_concurrency == 1:
             return (
                 "the calls were awaited one after another in one task; start them together with"
-                " asyncio.gather(...) or an asyncio.TaskGroup"
+                f" {TOGETHER}"
             )
         if len(tasks) > 1 and self.peak_concurrency == 1:
             return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import linecache
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -214,6 +215,17 @@ def empty_entry(nodeid: str, detailed: bool) -> Entry:
     nothing, made no crossing and sent no request."""
     clean = TestRecord(nodeid, crossings=Recorder(explain=False), fanout=fanout.Recorder())
     return test_entry(clean, Path(), detailed)
+
+
+def unmatched_allow(pattern: str, qualnames: bool = sys.version_info >= (3, 11)) -> str:
+    """The summary's line for a pattern that allowed nothing, with the likely reason on
+    Python 3.10, whose frames have no qualified names (``co_qualname``)."""
+    line = f"djasync_allow pattern {pattern!r} matched no finding"
+    module, _, function = pattern.partition(":")
+    if "." in function and not qualnames:
+        bare = function.rpartition(".")[2]
+        line += f" (Python 3.10 names no class in a frame: write '{module}:{bare}')"
+    return line
 
 
 def junit_properties(entry: Entry) -> list[tuple[str, object]]:

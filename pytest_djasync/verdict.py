@@ -112,7 +112,7 @@ class Judge:
         problem = recorder.check(*expected)
         if problem is None:
             return ""
-        cause = recorder.likely_cause() or "start the calls together (asyncio.gather, a TaskGroup)"
+        cause = recorder.likely_cause() or f"start the calls together ({fanout.TOGETHER})"
         if self._marker_failure(item, findings.FANOUT, problem, cause):
             return "pytest-djasync: " + fanout.timeline(recorder, problem)
         return ""

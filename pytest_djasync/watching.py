@@ -331,9 +331,7 @@ class WatchHooks:
         if costly:
             lines += ["costliest requests by sync/async crossings:", *costly]
         lines += self._stale()
-        lines += [
-            f"djasync_allow pattern {p!r} matched no finding" for p in self._unmatched(entries)
-        ]
+        lines += [report.unmatched_allow(p) for p in self._unmatched(entries)]
         errors = [*self._worker_errors, *findings.take_internal_errors()]
         if not (lines or errors):
             return

@@ -259,7 +259,8 @@ def test_calls_awaited_in_sequence_fail_with_a_timeline_and_the_cause(
             "  GET api.test/c |*#*| * ms",
             "  3 requests, peak 1 in flight, wall * ms, sum * ms, slowest * ms",
             "  likely cause: the calls were awaited one after another in one task; start them"
-            " together with asyncio.gather(...) or an asyncio.TaskGroup",
+            " together with asyncio.gather(...)"
+            + (" or an asyncio.TaskGroup" if sys.version_info >= (3, 11) else ""),  # 3.11+
         ]
     )
 

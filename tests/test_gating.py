@@ -751,3 +751,15 @@ def test_a_stall_below_an_async_middleware_is_keyed_by_its_view(
     result = django_project.run("--djasync", "--djasync-baseline=known.txt")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*1 unexcused, 1 known from the baseline*"])
+
+
+def test_a_qualified_allow_pattern_that_matched_nothing_on_python_310_says_why() -> None:
+    """Frames on 3.10 have no class in their names: 'Client.fetch' can never match there."""
+    pattern = "myapp.legacy:SoapClient.call"
+    assert report.unmatched_allow(pattern, qualnames=True) == (
+        "djasync_allow pattern 'myapp.legacy:SoapClient.call' matched no finding"
+    )
+    assert report.unmatched_allow(pattern, qualnames=False).endswith(
+        " matched no finding (Python 3.10 names no class in a frame: write 'myapp.legacy:call')"
+    )
+    assert "Python 3.10" not in report.unmatched_allow("myapp.legacy:call", qualnames=False)
