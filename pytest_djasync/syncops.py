@@ -23,6 +23,13 @@ UNSAFE_ENV = "DJANGO_ALLOW_ASYNC_UNSAFE"
 _ORM_API = ("/django/db/models/query.py", "/django/db/models/base.py")
 _EVALUATION = {"__iter__", "__len__", "__bool__", "__getitem__", "_fetch_all", "__aiter__"}
 _ITERATE = "iterate with async for (or [obj async for obj in queryset]) instead of a sync loop"
+# An evaluation that only asks a question of the rows has an async method that asks the database.
+_ASK = {
+    "__bool__": "await queryset.aexists() instead of `if queryset:` (or fetch the rows first,"
+    " rows = [obj async for obj in queryset], when you use them)",
+    "__len__": "fetch the rows with rows = [obj async for obj in queryset] (then len(rows));"
+    " await queryset.acount() when only the number is needed",
+}
 
 
 def install() -> list[patching.Patch]:
@@ -93,7 +100,8 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
     else:
         what, fix = _orm_method(api) if api is not None else _sync_call(maker)
         if api is not None:
-            fix = _called_by(api.f_back, evaluated=fix is _ITERATE) or fix
+            evaluated = fix is _ITERATE or fix in _ASK.values()
+            fix = _called_by(api.f_back, evaluated=evaluated) or fix
     return what, findings.fix_in(frame, fix)
 
 
@@ -201,7 +209,7 @@ def _orm_method(frame: FrameType) -> tuple[str, str]:
     owner, method = _owner_and_name(frame)
     qualname = f"{owner}.{method}" if owner else method
     if method in _EVALUATION:
-        return f"{owner or 'QuerySet'} evaluated ({method})", _ITERATE
+        return f"{owner or 'QuerySet'} evaluated ({method})", _ASK.get(method, _ITERATE)
     if method == "aiterator":  # the project called the async API; Django's own code failed it
         return f"{qualname}()", _AITERATOR
     async_twin = f"a{method}"

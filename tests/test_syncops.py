@@ -37,6 +37,16 @@ async def sync_queryset(request):
     return HttpResponse(", ".join(titles))
 
 
+async def any_posts(request):
+    if Post.objects.all():
+        return HttpResponse("some")
+    return HttpResponse("none")
+
+
+async def counted(request):
+    return HttpResponse(str(len(Post.objects.all())))
+
+
 async def template_count(request):
     template = Engine().from_string("{{ posts.count }} posts")
     return HttpResponse(template.render(Context({"posts": Post.objects.all()})))
@@ -73,7 +83,16 @@ def post(transactional_db):
 
 
 @pytest.mark.parametrize(
-    "view", ["lazy_fk", "sync_queryset", "template_count", "atomic_block", "values_aiterator"]
+    "view",
+    [
+        "lazy_fk",
+        "sync_queryset",
+        "any_posts",
+        "counted",
+        "template_count",
+        "atomic_block",
+        "values_aiterator",
+    ],
 )
 @pytest.mark.asyncio
 async def test_view(asgi_client, post, view):
@@ -102,7 +121,7 @@ def test_each_async_unsafe_use_is_named_with_its_fix(django_project: DjangoProje
     django_project.views(VIEWS)
     django_project.tests(TESTS)
     result, report = django_project.report()
-    result.assert_outcomes(passed=2, failed=5)
+    result.assert_outcomes(passed=2, failed=7)
     expected = {
         "lazy_fk": (
             "lazy relation Post.author",
@@ -110,6 +129,9 @@ def test_each_async_unsafe_use_is_named_with_its_fix(django_project: DjangoProje
             ".select_related('author')",
         ),
         "sync_queryset": ("QuerySet evaluated (__iter__)", "for post in", "async for"),
+        # a truth test or a length asks the database a question with an async method
+        "any_posts": ("QuerySet evaluated (__bool__)", "if Post", "await queryset.aexists()"),
+        "counted": ("QuerySet evaluated (__len__)", "len(Post", "await queryset.acount()"),
         # the template calls count(): the fix is at the render, which the view can hand off
         "template_count": ("QuerySet.count()", "template.render(", "a render) in sync_to_async"),
         "atomic_block": ("transaction.atomic()", "with transaction.atomic()", "sync_to_async"),
