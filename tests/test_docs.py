@@ -264,6 +264,7 @@ def symptom_kinds(symptom: str) -> set[str]:
 def _pattern(line: str) -> re.Pattern[str]:
     if sys.version_info < (3, 11):  # no co_qualname: frames are named without their class
         line = re.sub(r" in (?:\w+\.)+(\w+)$", r" in \1", line)
+        line = line.replace(" or an asyncio.TaskGroup", "")  # nor asyncio.TaskGroup
     escaped = re.escape(line)
     return re.compile(re.sub(r"\d+(\\\.\d+)?\\ ms\b", r"\\d+(\\.\\d+)? ms", escaped))
 
