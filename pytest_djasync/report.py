@@ -218,13 +218,20 @@ def empty_entry(nodeid: str, detailed: bool) -> Entry:
 
 
 def unmatched_allow(pattern: str, qualnames: bool = sys.version_info >= (3, 11)) -> str:
-    """The summary's line for a pattern that allowed nothing, with the likely reason on
-    Python 3.10, whose frames have no qualified names (``co_qualname``)."""
+    """The summary's line for a pattern that allowed nothing, with the likely reason: a file
+    path where the module's dotted name goes (copied from a finding's location), or on Python
+    3.10, whose frames have no qualified names (``co_qualname``), a class in the name."""
     line = f"djasync_allow pattern {pattern!r} matched no finding"
     module, _, function = pattern.partition(":")
+    why = []
+    if "/" in module or "\\" in module or module.endswith(".py"):
+        module = module.removesuffix(".py").replace("\\", "/").replace("/", ".")
+        why.append("the part before ':' is a module's dotted name, not a file")
     if "." in function and not qualnames:
-        bare = function.rpartition(".")[2]
-        line += f" (Python 3.10 names no class in a frame: write '{module}:{bare}')"
+        function = function.rpartition(".")[2]
+        why.append("Python 3.10 names no class in a frame")
+    if why:
+        line += f" ({'; '.join(why)}: write '{module}:{function}')"
     return line
 
 

@@ -763,3 +763,11 @@ def test_a_qualified_allow_pattern_that_matched_nothing_on_python_310_says_why()
         " matched no finding (Python 3.10 names no class in a frame: write 'myapp.legacy:call')"
     )
     assert "Python 3.10" not in report.unmatched_allow("myapp.legacy:call", qualnames=False)
+    # a location copied from a finding names a file, which no module's name matches
+    assert report.unmatched_allow("myapp/legacy.py:SoapClient.call", qualnames=False).endswith(
+        " (the part before ':' is a module's dotted name, not a file; Python 3.10 names no class"
+        " in a frame: write 'myapp.legacy:call')"
+    )
+    assert report.unmatched_allow("myapp/legacy.py:call", qualnames=True).endswith(
+        ": write 'myapp.legacy:call')"
+    )
