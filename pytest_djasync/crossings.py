@@ -352,6 +352,8 @@ def _by_caller(crossing: Crossing) -> tuple[str, str]:
             origin = "handler"  # a view raised: Django asks the middleware, in a thread
         elif origin == "handler" and _name(crossing.func) == code.co_name[1:]:
             origin = "async-api"  # cache.aget running cache.get, Task.aenqueue running enqueue
+        if origin == "orm":
+            return _orm_call(crossing, code)
         if origin is not None:
             return origin, _django_detail(origin, crossing, code)
         package = _installed_package(module, code.co_filename)
@@ -391,9 +393,25 @@ def _django_origin(module: str, function: str) -> str | None:
     return None
 
 
+def _orm_call(crossing: Crossing, method: CodeType) -> tuple[str, str]:
+    """An async ORM method's hop (``QuerySet.aget``), put on whoever called the method: a line
+    of the project's, an async API of Django's that queries for it (``request.auser()``), or
+    an installed package (graphql-core iterating a QuerySet with ``async for``)."""
+    name = _qualname(method)
+    for code, line, module in crossing.callers:
+        if module.startswith((_ASGIREF, "django.db.")):
+            continue
+        if findings.is_user_path(code.co_filename):
+            return "orm", f"{name} at {_shown(code.co_filename)}:{line}"
+        if module.startswith("django."):
+            return "async-api", f"{name} (by Django's {_qualname(code)})"
+        package = _installed_package(module, code.co_filename)
+        if package is not None:
+            return "library", f"{name} (by {package})"
+    return "orm", name
+
+
 def _django_detail(origin: str, crossing: Crossing, code: CodeType) -> str:
-    if origin == "orm":
-        return _qualname(code)  # QuerySet.aget, Model.asave, ...
     name = callable_name(crossing.func)
     if origin == "view" and _name(crossing.func) == "render":
         return f"{name} (a TemplateResponse, rendered after the view)"

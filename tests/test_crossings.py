@@ -361,7 +361,8 @@ def test_async_view_with_five_async_orm_reads(django_project: DjangoProject) -> 
     if not QUALIFIED:
         reads = [read.rpartition(".")[2] for read in reads]
     queryset = "QuerySet." if QUALIFIED else ""
-    expected = [f"{STARTED} {S2A}", *(f"orm: {queryset}{r} {S2A}" for r in reads), CLOSED]
+    at = " at tproj/views.py:*"  # the project's line that called the a-method
+    expected = [f"{STARTED} {S2A}", *(f"orm: {queryset}{r}{at} {S2A}" for r in reads), CLOSED]
     assert_lines(found.lines, expected, "GET /reads/")
 
 
@@ -1075,3 +1076,78 @@ async def one_read(request):
         ]
     )
     result.stdout.no_fnmatch_line("*batch the ORM work*")
+
+
+QUERYING_VIEWS = """
+from django.http import HttpResponse
+
+import gqlish
+from tproj.models import Item
+
+
+async def resolved(request):
+    names = await gqlish.execute(Item.objects.all())  # iterates it with async for
+    return HttpResponse(",".join(names))
+
+
+async def whoami(request):
+    user = await request.auser()
+    return HttpResponse(str(user.is_authenticated))
+"""
+
+QUERYING_PACKAGE = """
+async def execute(queryset):  # as graphql-core completes a list field from an async iterable
+    return [item.name async for item in queryset]
+"""
+
+
+def test_an_orm_hop_is_put_on_whoever_called_the_async_method(
+    django_project: DjangoProject,
+) -> None:
+    """The project's own call names its line; a package iterating a QuerySet it was handed
+    (graphql-core) made that hop itself; Django's request.auser() queries for the session and
+    the user. Neither of the last two is the project's ORM work to batch (trial, 10/10)."""
+    auth = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ]
+    project(django_project, f"MIDDLEWARE = {auth!r}\n")
+    django_project.views(QUERYING_VIEWS)
+    django_project.installed({"gqlish/__init__.py": QUERYING_PACKAGE}, conftest=CONFTEST)
+    django_project.tests(
+        """
+        import pytest
+
+        from tproj.models import Item
+
+        @pytest.fixture
+        def items(transactional_db):
+            Item.objects.bulk_create([Item(name="a"), Item(name="b")])
+
+        @pytest.mark.django_db(transaction=True)
+        @pytest.mark.asyncio
+        async def test_resolved(asgi_client, items, show):
+            assert (await asgi_client.get("/resolved/")).text == "a,b"
+
+        @pytest.mark.django_db(transaction=True)
+        @pytest.mark.djasync_max_crossings(0)
+        @pytest.mark.asyncio
+        async def test_whoami(asgi_client, django_user_model, show):
+            user = await django_user_model.objects.acreate(username="ada")
+            await asgi_client.aforce_login(user)
+            assert (await asgi_client.get("/whoami/")).text == "True"
+        """
+    )
+    result, report = django_project.report(*REPORT_ARGS)
+    result.assert_outcomes(passed=1, failed=1)
+    stdout = result.stdout.str()
+    resolved = counted(report, stdout, "test_resolved")
+    assert resolved.by_origin.get("orm") is None, resolved.lines
+    [iterated] = [line for line in resolved.lines if line.startswith("library:")]
+    assert "(by gqlish)" in iterated, iterated
+    whoami = counted(report, stdout, "test_whoami")
+    asked = [line for line in whoami.lines if line.startswith("async-api:")]
+    assert len(asked) == 2, whoami.lines  # the session, then the user
+    assert all("(by Django's " in line for line in asked), asked
+    result.stdout.no_fnmatch_line("*batch the ORM work*")
+    result.stdout.no_fnmatch_line("*avoidable:")  # auser() is the fix the plugin gives
