@@ -346,11 +346,17 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             " and send it with await signal.asend(...)"
         )
     caller = _library_caller(user)
-    if caller is not None:
+    if caller is not None and caller.startswith("django's "):
         return (
             f"{name}() is called on the event loop by {caller}(), not by your async code: run"
             " the call of yours that reaches it (a render, form.is_valid()) in"
             " sync_to_async(...) and await it"
+        )
+    if caller is not None:  # an async framework's callback (a GraphQL resolver): it can await
+        return (
+            f"{name}() is called on the event loop by {caller}(), not by your async code: make"
+            f" it async (async def, and {then}) if that package awaits what it calls, or have"
+            f" it run {name}() in a thread (sync_to_async)"
         )
     adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
     return (

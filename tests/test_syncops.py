@@ -575,3 +575,55 @@ def test_orm_calls_django_makes_for_you_are_fixed_at_your_call(
         "authors() is called on the event loop by django's RequestContext.bind_template(), not"
         " by your async code: run the call of yours that reaches it"
     ), processor["fix"]
+
+
+def test_a_sync_callback_an_async_package_calls_is_told_to_be_async(
+    django_project: DjangoProject,
+) -> None:
+    """A GraphQL library calls a sync resolver of the project's on the loop, as it awaits an
+    async one: no call of the project's reaches it, so the fix is the resolver's (trial)."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.installed(
+        {
+            "gqlish/__init__.py": """
+            import inspect
+
+
+            async def execute(resolver):
+                value = resolver()  # sync or async, as strawberry's resolvers are
+                return await value if inspect.isawaitable(value) else value
+            """
+        }
+    )
+    django_project.views(
+        """
+        from django.http import HttpResponse
+
+        import gqlish
+        from tproj.models import Author
+
+
+        def author_count():
+            return Author.objects.count()
+
+
+        async def graphql(request):
+            return HttpResponse(str(await gqlish.execute(author_count)))
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_query(asgi_client, transactional_db):
+            await asgi_client.get("/graphql/")
+        """
+    )
+    _, report = django_project.report()
+    [found] = violations(report, "test_query")
+    assert found["location"]["function"] == "author_count"
+    assert found["fix"].startswith(
+        "author_count() is called on the event loop by gqlish's execute(), not by your async"
+        " code: make it async (async def, and await the async method .acount(...) instead)"
+    ), found["fix"]
