@@ -596,6 +596,15 @@ def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) 
             " these on every request; allow at least 2",
         ]
     )
+    # Warn mode fails no test because of the plugin: the listing goes into the report (trial)
+    warned = django_project.run("--djasync-warn", "-rA", "-k", "over_budget or floor")
+    warned.assert_outcomes(passed=2)
+    warned.stdout.fnmatch_lines(
+        [
+            "*Captured djasync call*",
+            "pytest-djasync: 4 sync/async crossings in the block, more than the 3 allowed",
+        ]
+    )
 
 
 # -- stability, and asgi_client against Django's AsyncClient --------------------------------------
