@@ -252,11 +252,6 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
     write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
-CROSSINGS_FIX = (
-    "make sync-only middleware async-capable, replace MiddlewareMixin hooks, batch ORM work in"
-    " one sync_to_async call (see the test's failure for each crossing)"
-)
-
 _CROSSING_ADVICE = {
     "middleware": "make {which} async-capable (async_capable = True with an async"
     " __call__, or @sync_and_async_middleware) so Django needs no adapter around it",
@@ -326,9 +321,33 @@ _PACKAGES = (
 )
 
 
+def crossings_fix(recorder: Recorder) -> str:
+    """A failed budget's one-line fix for the summary: the advice that covers most of the
+    avoidable crossings, else what the rest are."""
+    avoidable, djangos, packages = _sorted_out(recorder)
+    advice = _advice_counts(avoidable)
+    if advice:
+        best = max(advice, key=lambda text: advice[text])
+        more = len(advice) - 1
+        return best + (f"; {more} more kind(s) in the test's failure" if more else "")
+    if djangos:
+        names = ", ".join(dict.fromkeys(djangos))
+        return f"remove the Django middleware the project does not need ({names}) or allow for it"
+    if packages:
+        names = ", ".join(dict.fromkeys(packages))
+        return f"made by installed packages ({names}): allow for them in the budget"
+    return f"none avoidable from the project: allow at least {recorder.total}"
+
+
 def _advice_lines(avoidable: list[Crossing]) -> list[str]:
-    if not avoidable:
+    advice = _advice_counts(avoidable)
+    if not advice:
         return []
+    lines = ["", f"{len(avoidable)} of them avoidable:"]
+    return lines + [f"  - {text} ({count}x)" for text, count in advice.items()]
+
+
+def _advice_counts(avoidable: list[Crossing]) -> dict[str, int]:
     advice: dict[str, int] = {}
     for crossing in avoidable:
         text = _advice(crossing.origin, crossing.detail)
@@ -340,8 +359,7 @@ def _advice_lines(avoidable: list[Crossing]) -> list[str]:
             named if text == _CROSSING_ADVICE["middleware"] else text: count
             for text, count in advice.items()
         }
-    lines = ["", f"{len(avoidable)} of them avoidable:"]
-    return lines + [f"  - {text} ({count}x)" for text, count in advice.items()]
+    return advice
 
 
 def _apart(names: list[str], text: str) -> list[str]:

@@ -99,7 +99,8 @@ class Judge:
         if limit is None or recorder is None or recorder.total <= limit:
             return ""
         summary = f"{recorder.total} sync/async crossings, more than the {limit} allowed"
-        if self._marker_failure(item, findings.CROSSINGS, summary, report.CROSSINGS_FIX):
+        fix = report.crossings_fix(recorder)
+        if self._marker_failure(item, findings.CROSSINGS, summary, fix):
             return report.crossings_text(recorder, limit, "in this test's call phase")
         return ""
 
