@@ -257,9 +257,9 @@ def _wrap(original: Callable[..., Any], target: Target) -> Callable[..., Any]:
         return _wrap_selector_select(original, target)
     if target.applies is _future_pending:
         return _wrap_future_wait(original, target)
-    if target.attr == "wait" and target.module == "concurrent.futures":
+    if target.label == "concurrent.futures.wait":
         return _wrap_futures_wait(original, target)
-    if target.attr == "as_completed":
+    if target.label == "concurrent.futures.as_completed":
         return _wrap_as_completed(original, target)
     applies = target.applies
 
