@@ -345,24 +345,40 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             f" await sync_to_async(signal.send)(...), or make the receivers async (and {then})"
             " and send it with await signal.asend(...)"
         )
-    caller = _library_caller(user)
+    entry = _entered_from_outside(user)
+    caller = _library_caller(entry)
+    entered = method_name(entry)
     if caller is not None and caller.startswith("django's "):
         return (
-            f"{name}() is called on the event loop by {caller}(), not by your async code: run"
+            f"{entered}() is called on the event loop by {caller}(), not by your async code: run"
             " the call of yours that reaches it (a render, form.is_valid()) in"
             " sync_to_async(...) and await it"
         )
     if caller is not None:  # an async framework's callback (a GraphQL resolver): it can await
+        inside = then if entry is user else f"await sync_to_async({name})(...) in it"
         return (
-            f"{name}() is called on the event loop by {caller}(), not by your async code: make"
-            f" it async (async def, and {then}) if that package awaits what it calls, or have"
-            f" it run {name}() in a thread (sync_to_async)"
+            f"{entered}() is called on the event loop by {caller}(), not by your async code:"
+            f" make it async (async def, and {inside}) if that package awaits what it calls, or"
+            f" hand the package sync_to_async({entered}) in its place"
         )
     adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
     return (
         f"{name}() is a sync function run on the event loop: have its async caller await"
         f" {adapter}({name})(...); or make it async and {then}"
     )
+
+
+def _entered_from_outside(frame: FrameType) -> FrameType:
+    """The outermost of the project's sync functions that called ``frame``'s in turn: the one
+    installed code (a GraphQL library) called, which a fix has to change."""
+    while (
+        frame.f_back is not None
+        and is_user_path(frame.f_back.f_code.co_filename)
+        and not frame.f_back.f_code.co_flags & _ASYNC_CODE
+        and frame.f_back.f_code.co_name not in _COMPREHENSIONS
+    ):
+        frame = frame.f_back
+    return frame
 
 
 def _library_caller(frame: FrameType) -> str | None:

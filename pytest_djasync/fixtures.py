@@ -6,6 +6,7 @@ Those modules are imported when a fixture is used, not when pytest loads the plu
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -73,6 +74,7 @@ def djasync_assert_max_crossings(
     Modelled on pytest-django's ``django_assert_max_num_queries``.
     """
     from pytest_djasync import crossings, report
+    from pytest_djasync.errors import DjasyncWarning
     from pytest_djasync.plugin import SETTINGS_KEY
 
     warn = request.config.stash[SETTINGS_KEY].mode.value == "warn"
@@ -89,8 +91,13 @@ def djasync_assert_max_crossings(
         if recorder.total <= limit:
             return
         text = report.crossings_text(recorder, limit, "in the block")
-        if warn:  # no test fails because of the plugin: the text goes where warn mode puts it
+        if warn:  # no test fails because of the plugin: the text goes where warn mode puts it,
+            # and a warning says so where a run's output shows it
             request.node.add_report_section("call", "djasync", text)
+            headline = text.splitlines()[0].removeprefix("pytest-djasync: ")
+            warnings.warn(
+                DjasyncWarning(f"djasync_assert_max_crossings: {headline}"), stacklevel=3
+            )
         else:
             pytest.fail(text, pytrace=False)
 

@@ -601,6 +601,8 @@ def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) 
     warned.assert_outcomes(passed=2)
     warned.stdout.fnmatch_lines(
         [
+            "*DjasyncWarning: djasync_assert_max_crossings: 4 sync/async crossings in the block,"
+            " more than the 3 allowed",
             "*Captured djasync call*",
             "pytest-djasync: 4 sync/async crossings in the block, more than the 3 allowed",
         ]

@@ -607,23 +607,46 @@ def test_a_sync_callback_an_async_package_calls_is_told_to_be_async(
             return Author.objects.count()
 
 
+        def _count_them():
+            return Author.objects.count()
+
+
+        def author_count_by_helper():
+            return _count_them()
+
+
         async def graphql(request):
             return HttpResponse(str(await gqlish.execute(author_count)))
+
+
+        async def graphql_helped(request):
+            return HttpResponse(str(await gqlish.execute(author_count_by_helper)))
         """
     )
     django_project.tests(
         """
         import pytest
 
+        @pytest.mark.parametrize("view", ["graphql", "graphql_helped"])
         @pytest.mark.asyncio
-        async def test_query(asgi_client, transactional_db):
-            await asgi_client.get("/graphql/")
+        async def test_query(asgi_client, transactional_db, view):
+            await asgi_client.get(f"/{view}/")
         """
     )
     _, report = django_project.report()
-    [found] = violations(report, "test_query")
+    [found] = violations(report, "test_query[graphql]")
     assert found["location"]["function"] == "author_count"
-    assert found["fix"].startswith(
+    assert found["fix"] == (
         "author_count() is called on the event loop by gqlish's execute(), not by your async"
-        " code: make it async (async def, and await the async method .acount(...) instead)"
+        " code: make it async (async def, and await the async method .acount(...) instead) if"
+        " that package awaits what it calls, or hand the package sync_to_async(author_count)"
+        " in its place"
     ), found["fix"]
+    # The resolver's helper made the call: the resolver is what the fix changes
+    [helped] = violations(report, "test_query[graphql_helped]")
+    assert helped["location"]["function"] == "_count_them"
+    assert helped["fix"].startswith(
+        "author_count_by_helper() is called on the event loop by gqlish's execute(), not by"
+        " your async code: make it async (async def, and await sync_to_async(_count_them)(...)"
+        " in it)"
+    ), helped["fix"]
