@@ -1153,13 +1153,16 @@ def test_an_orm_hop_is_put_on_whoever_called_the_async_method(
             assert (await asgi_client.get("/whoami/")).text == "True"
         """
     )
-    result, report = django_project.report(*REPORT_ARGS)
-    result.assert_outcomes(passed=1, failed=1)
+    auser = django.VERSION >= (5, 0)  # request.auser() is new in Django 5.0
+    result, report = django_project.report(*REPORT_ARGS, *([] if auser else ["-k", "resolved"]))
+    result.assert_outcomes(passed=1, failed=1 if auser else 0)
     stdout = result.stdout.str()
     resolved = counted(report, stdout, "test_resolved")
     assert resolved.by_origin.get("orm") is None, resolved.lines
     [iterated] = [line for line in resolved.lines if line.startswith("library:")]
     assert "(by gqlish)" in iterated, iterated
+    if not auser:
+        return
     whoami = counted(report, stdout, "test_whoami")
     asked = [line for line in whoami.lines if line.startswith("async-api:")]
     assert len(asked) == 2, whoami.lines  # the session, then the user
