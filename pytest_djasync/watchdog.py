@@ -454,7 +454,9 @@ def _loop_own_time(
             " and the watchdog could not run either: the process was not scheduled (an"
             " overloaded machine); not counted as a stall of the loop",
         )
-    return blocked, _starved_neighbour(step, end) or _starved_watchdog(step, blocked, end)
+    return blocked, (
+        _starved_neighbour(step, end, blocked, other_cpu) or _starved_watchdog(step, blocked, end)
+    )
 
 
 def _gil_note(step: _Step, blocked: float, base: _Snapshot, now: _Snapshot) -> tuple[str, str]:
@@ -485,10 +487,17 @@ def _run_queue_waits() -> dict[int, tuple[str, float]]:
     return waits
 
 
-def _starved_neighbour(step: _Step, end: float) -> tuple[str, str] | None:
+def _starved_neighbour(
+    step: _Step, end: float, blocked: float, other_cpu: float
+) -> tuple[str, str] | None:
     """An excuse when the loop waited on a thread the OS kept off the CPU (thread start-up,
-    a lock holder) because the machine was overloaded: that is not the loop's doing."""
+    a lock holder) because the machine was overloaded: that is not the loop's doing. Seen
+    from the watchdog's first look at the step on; with the time other threads of the process
+    ran (one holding the GIL the starting thread needs), it may cover the step between them.
+    A watchdog that first looked when the step was over saw nothing (see _starved_watchdog)."""
     window = end - step.suspect_at
+    if window <= 0:
+        return None
     now = {**step.latest_waits, **_run_queue_waits()}
     starved = {
         name: wait - step.suspect_waits.get(native_id, (name, 0.0))[1]
@@ -498,13 +507,15 @@ def _starved_neighbour(step: _Step, end: float) -> tuple[str, str] | None:
     if not starved:
         return None
     name = max(starved, key=lambda n: starved[n])
-    if starved[name] < 0.5 * window:
+    wait = starved[name]
+    if wait < 0.001 or (wait < 0.5 * window and wait + other_cpu < 0.5 * blocked):
         return None
+    ran = f" while other threads ran for {other_cpu * 1000:.0f} ms" if wait < 0.5 * window else ""
     return (
         f"starved:{step.name}",
         f"the event loop in thread {step.name!r} waited on thread {name!r}, which the OS kept"
-        f" off the CPU for {starved[name] * 1000:.0f} ms (an overloaded machine); not counted as"
-        " a stall of the loop",
+        f" off the CPU for {wait * 1000:.0f} ms{ran} (an overloaded machine); not counted as a"
+        " stall of the loop",
     )
 
 

@@ -19,6 +19,7 @@ import time
 import django
 import pytest
 
+from pytest_djasync import watchdog
 from tests.conftest import DjangoProject, line_of, violations
 
 # Where the watchdog cannot read another thread's CPU clock (not Linux), each loop step reads
@@ -1590,6 +1591,18 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
                 worker.start()
                 worker.join()  # 40 ms of its CPU, but the hogs make it wait far longer
                 await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_starting_threads_beside_a_busy_one(hogs):
+            # A new thread needs the CPU, which the hogs take, and the GIL, which the busy
+            # thread holds: Thread.start() waits for both in the step (trial, 2 in 28 runs).
+            busy = threading.Thread(target=_cpu, args=(1.5,), name="cpu-worker")
+            busy.start()
+            for _ in range(5):
+                started = threading.Thread(target=_cpu, args=(0.001,), name="starting")
+                started.start()
+                await asyncio.to_thread(started.join)
+            await asyncio.to_thread(busy.join)
         """
     )
     result = django_project.pytester.run(
@@ -1605,7 +1618,7 @@ def test_cpu_taken_by_other_processes_is_not_blamed(django_project: DjangoProjec
         "-W",
         "default::pytest_djasync.errors.DjasyncWarning",
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
@@ -2188,3 +2201,35 @@ def test_an_error_raised_outside_the_test_is_not_shown_from_the_plugin(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*RuntimeError: timed out"])
     result.stdout.no_fnmatch_line("*pytest_djasync*")
+
+
+def test_a_thread_start_split_between_the_gil_and_the_run_queue_is_excused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop's step starts a thread that needs the CPU (other processes have it) and the
+    GIL (a busy thread of ours has it): neither half alone covers the step, together they do
+    (a clean suite under load, 2 stalls in 28 runs). A watchdog that first looked after the
+    step saw no neighbour at all, and cites none ("kept off the CPU for 0 ms")."""
+    monkeypatch.setattr(watchdog, "_run_queue_waits", dict)  # only what the step recorded
+    step = watchdog._Step()
+    step.close()
+    end = 10.0
+    step.suspect_at = end - 0.060  # the watchdog watched the step's last 60 ms
+    step.suspect_waits = {4242: ("ThreadPoolExecutor-0_1", 1.000)}
+    step.latest_waits = {4242: ("ThreadPoolExecutor-0_1", 1.020)}  # 20 ms in the run queue
+    blocked = 0.070
+
+    excuse = watchdog._starved_neighbour(step, end, blocked, other_cpu=0.029)
+    assert excuse is not None
+    assert "thread 'ThreadPoolExecutor-0_1', which the OS kept off the CPU for 20 ms" in excuse[1]
+    assert " while other threads ran for 29 ms (an overloaded machine)" in excuse[1]
+    # the GIL's share alone is a note of its own (checked before); the run queue's, too small
+    assert watchdog._starved_neighbour(step, end, blocked, other_cpu=0.005) is None
+    # 40 of the 60 ms watched: the run queue alone, as before
+    step.latest_waits = {4242: ("ThreadPoolExecutor-0_1", 1.040)}
+    excuse = watchdog._starved_neighbour(step, end, blocked, other_cpu=0.0)
+    assert excuse is not None
+    assert "ran for" not in excuse[1]
+    # the watchdog's first look came after the step: it saw nothing to cite
+    step.suspect_at = end + 0.0006
+    assert watchdog._starved_neighbour(step, end, blocked, other_cpu=0.029) is None
