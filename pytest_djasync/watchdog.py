@@ -532,7 +532,8 @@ def _starved_watchdog(step: _Step, blocked: float, end: float) -> tuple[str, str
     return (
         f"unsampled:{step.name}",
         f"the event loop in thread {step.name!r} was off the CPU for {blocked * 1000:.0f} ms"
-        f" and the watchdog could sample it only {step.samples_taken} times of about"
+        f" and the watchdog could sample it only {step.samples_taken}"
+        f" time{'' if step.samples_taken == 1 else 's'} of about"
         f" {expected:.0f}: another thread held the GIL, or the process was not scheduled (an"
         " overloaded machine); not counted as a stall of the loop",
     )

@@ -1192,7 +1192,7 @@ def assert_watchdog_starved(result: pytest.RunResult) -> None:
     holder kept the GIL: the note names that excuse, found first, instead."""
     notes = re.findall(r"DjasyncWarning: (.*)", result.stdout.str())
     starved = re.compile(
-        r"the watchdog could sample it only .* times of about"
+        r"the watchdog could sample it only \d+ times? of about"
         r"|waited on thread 'djasync-watchdog', which the OS kept off the CPU"
     )
     assert any(starved.search(note) for note in notes), notes
