@@ -193,8 +193,9 @@ class _ResponseStream(httpx.AsyncByteStream):
         # response is closed: signals, ``response.close()``, thread hops.
         self._exchange.disconnect()
         try:
-            if self._exchange.unheard:
-                await _finish_or_cancel(self._task)
+            if self._exchange.unheard:  # it stops at its next send(); one that sends no more
+                # (Django 4.2 awaiting inside a stream) gets what a server shutting down gives
+                await _finish_or_cancel({self._task})
             await self._task
         except asyncio.CancelledError:
             if not self._task.cancelled():
@@ -206,13 +207,13 @@ class _ResponseStream(httpx.AsyncByteStream):
                 raise
 
 
-async def _finish_or_cancel(task: asyncio.Task[None]) -> None:
-    """An app that did not hear the disconnect stops at its next ``send``; one that sends no
-    more (Django 4.2 awaiting inside a stream) is given the time a server shutting down
-    gives it."""
-    done, _ = await asyncio.wait({task}, timeout=_CLOSE_GRACE_S)
-    if not done:
+async def _finish_or_cancel(tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+    """Give disconnected apps the time a server shutting down gives them, then cancel the
+    ones still running; the ones that finished."""
+    done, stuck = await asyncio.wait(tasks, timeout=_CLOSE_GRACE_S)
+    for task in stuck:
         task.cancel()
+    return done
 
 
 async def _first_of(get: Awaitable[bytes | None], task: asyncio.Task[None]) -> bytes | None:
@@ -312,13 +313,11 @@ class ASGIStreamingTransport(httpx.AsyncBaseTransport):
             return
         for exchange in pending.values():
             exchange.disconnect()
-        done, stuck = await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+        done = await _finish_or_cancel(set(pending))
         for task in done:  # its error is the response's, which the test never read
             if not task.cancelled():
                 task.exception()
-        for task in stuck:
-            task.cancel()
-        await asyncio.gather(*stuck, return_exceptions=True)
+        await asyncio.gather(*(set(pending) - done), return_exceptions=True)
 
     def cancel_pending(self) -> None:
         """Disconnect the apps serving responses that were never closed (sync teardown).

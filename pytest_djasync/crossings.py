@@ -9,6 +9,7 @@ pays little. Nothing here ever ``repr()``s the wrapped callable: a QuerySet's re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -481,30 +482,30 @@ def hooks_in_sync_mode(recorder: Recorder) -> list[str]:
     Made async-capable, that one would put them in async mode, where each hook is a hop."""
     if not any(c.detail.startswith("mode adapter") for c in recorder):
         return []
-    from django.conf import settings
-
     seen = {c.detail.partition(".")[0] for c in recorder if "(MiddlewareMixin hook)" in c.detail}
-    mixins = (_mixin(path) for path in settings.MIDDLEWARE)
-    return [cls.__qualname__ for cls in mixins if cls and cls.__qualname__ not in seen]
+    mixins = (cls for cls in _middleware() if _is_mixin_with_hooks(cls))
+    return [cls.__qualname__ for cls in mixins if cls.__qualname__ not in seen]
 
 
 def sync_only_middleware() -> list[str]:
     """The middleware of ``settings.MIDDLEWARE`` that Django can only run in sync mode: the
     ones every mode adapter in an async request is there for."""
+    return [
+        _middleware_name(middleware)
+        for middleware in _middleware()
+        if getattr(middleware, "sync_capable", True)
+        and not getattr(middleware, "async_capable", False)
+    ]
+
+
+def _middleware() -> Iterator[Any]:
+    """The classes and factories of ``settings.MIDDLEWARE`` that import."""
     from django.conf import settings
     from django.utils.module_loading import import_string
 
-    names = []
     for path in settings.MIDDLEWARE:
-        try:
-            middleware = import_string(path)
-        except ImportError:
-            continue
-        if getattr(middleware, "sync_capable", True) and not getattr(
-            middleware, "async_capable", False
-        ):
-            names.append(_middleware_name(middleware))
-    return names
+        with contextlib.suppress(ImportError):
+            yield import_string(path)
 
 
 def _middleware_name(middleware: Any) -> str:
@@ -513,16 +514,11 @@ def _middleware_name(middleware: Any) -> str:
     return f"{getattr(middleware, '__module__', '?')}.{getattr(middleware, '__qualname__', '?')}"
 
 
-def _mixin(path: str) -> type | None:
-    """The ``MiddlewareMixin`` class at ``path`` that has a hook, else ``None``."""
+def _is_mixin_with_hooks(middleware: Any) -> bool:
+    """A ``MiddlewareMixin`` class that has a hook."""
     from django.utils.deprecation import MiddlewareMixin
-    from django.utils.module_loading import import_string
 
-    try:
-        cls = import_string(path)
-    except ImportError:
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, MiddlewareMixin)):
-        return None
+    if not (isinstance(middleware, type) and issubclass(middleware, MiddlewareMixin)):
+        return False
     hooks = ("process_request", "process_response", "process_view")
-    return cls if any(hasattr(cls, hook) for hook in hooks) else None
+    return any(hasattr(middleware, hook) for hook in hooks)

@@ -346,20 +346,21 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             " and send it with await signal.asend(...)"
         )
     entry = _entered_from_outside(user)
-    caller = _library_caller(entry)
-    entered = method_name(entry)
-    if caller is not None and caller.startswith("django's "):
-        return (
-            f"{entered}() is called on the event loop by {caller}(), not by your async code: run"
-            " the call of yours that reaches it (a render, form.is_valid()) in"
-            " sync_to_async(...) and await it"
-        )
-    if caller is not None:  # an async framework's callback (a GraphQL resolver): it can await
+    library = _library_caller(entry)
+    if library is not None:
+        package, function = library
+        entered = method_name(entry)
+        called = f"{entered}() is called on the event loop by {package}'s {function}(), not by"
+        if package == "django":
+            return (
+                f"{called} your async code: run the call of yours that reaches it (a render,"
+                " form.is_valid()) in sync_to_async(...) and await it"
+            )
+        # an async framework's callback (a GraphQL resolver): it can await one
         inside = then if entry is user else f"await sync_to_async({name})(...) in it"
         return (
-            f"{entered}() is called on the event loop by {caller}(), not by your async code:"
-            f" make it async (async def, and {inside}) if that package awaits what it calls, or"
-            f" hand the package sync_to_async({entered}) in its place"
+            f"{called} your async code: make it async (async def, and {inside}) if that package"
+            f" awaits what it calls, or hand the package sync_to_async({entered}) in its place"
         )
     adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
     return (
@@ -381,14 +382,14 @@ def _entered_from_outside(frame: FrameType) -> FrameType:
     return frame
 
 
-def _library_caller(frame: FrameType) -> str | None:
-    """``package's Function.name`` when installed code (Django's template engine running a
+def _library_caller(frame: FrameType) -> tuple[str, str] | None:
+    """(package, ``Function.name``) when installed code (Django's template engine running a
     context processor) called ``frame``'s sync function; ``None`` when the project did."""
     caller = frame.f_back
     if caller is None or is_user_path(caller.f_code.co_filename) or _not_installed(caller):
         return None
     package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
-    return f"{package}'s {method_name(caller)}"
+    return package, method_name(caller)
 
 
 def method_name(frame: FrameType) -> str:

@@ -389,7 +389,7 @@ def _sorted_out(recorder: Recorder) -> tuple[list[Crossing], list[str], list[str
             packages.append(crossing.package)
         elif crossing.origin == "orm" and queries[crossing.request] == 1:
             continue  # a request's one query is one hop however it is made: nothing to batch
-        elif crossing.detail.endswith(")") and "(by Django's " in crossing.detail:
+        elif crossing.origin == "async-api" and "(by Django's " in crossing.detail:
             continue  # a query Django's own async API makes (request.auser()): not the project's
         elif crossing.origin not in ("handler", "test-client"):
             avoidable.append(crossing)
