@@ -302,7 +302,11 @@ def user_frame(stack: Stack) -> Frame | None:
     return stack[-1] if stack else None
 
 
-_NOT_THIRD_PARTY = tuple(f"{os.sep}{name}{os.sep}" for name in ("django", "asgiref"))
+# Django's and asgiref's internals say less than the code they ran, and this plugin's own
+# wrappers (request naming) nothing: a finding is never located there while another will do.
+_NOT_THIRD_PARTY = tuple(
+    f"{os.sep}{name}{os.sep}" for name in ("django", "asgiref", "pytest_djasync")
+)
 
 
 def _third_party(path: str) -> bool:

@@ -455,7 +455,9 @@ def _loop_own_time(
             " overloaded machine); not counted as a stall of the loop",
         )
     return blocked, (
-        _starved_neighbour(step, end, blocked, other_cpu) or _starved_watchdog(step, blocked, end)
+        _starved_neighbour(step, end, blocked, other_cpu)
+        or _starting_a_thread(step, blocked)
+        or _starved_watchdog(step, blocked, end)
     )
 
 
@@ -517,6 +519,30 @@ def _starved_neighbour(
         f" off the CPU for {wait * 1000:.0f} ms{ran} (an overloaded machine); not counted as a"
         " stall of the loop",
     )
+
+
+def _starting_a_thread(step: _Step, blocked: float) -> tuple[str, str] | None:
+    """An excuse when the loop spent the step in ``Thread.start()``, which waits until the new
+    thread first runs: a few microseconds, unless the machine gives it no CPU or another
+    thread the GIL. A thread that never ran has no native id yet, so its run-queue wait (see
+    _starved_neighbour) cannot be read; the loop thread's samples show where it waited."""
+    samples = step.samples
+    starting = sum(1 for stack in samples if any(map(_is_thread_start, stack)))
+    if not samples or starting < 0.5 * len(samples):
+        return None
+    return (
+        f"thread-start:{step.name}",
+        f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms in"
+        " Thread.start() for the thread it started to run (an overloaded machine: the new"
+        " thread needs the CPU and the GIL); not counted as a stall of the loop",
+    )
+
+
+def _is_thread_start(frame: findings.Frame) -> bool:
+    return frame.function in _THREAD_START and frame.path.endswith(f"{os.sep}threading.py")
+
+
+_THREAD_START = frozenset({"Thread.start", "start"})  # "start": Python 3.10's co_name
 
 
 def _starved_watchdog(step: _Step, blocked: float, end: float) -> tuple[str, str] | None:

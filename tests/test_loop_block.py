@@ -19,7 +19,7 @@ import time
 import django
 import pytest
 
-from pytest_djasync import watchdog
+from pytest_djasync import findings, watchdog
 from tests.conftest import DjangoProject, line_of, violations
 
 # Where the watchdog cannot read another thread's CPU clock (not Linux), each loop step reads
@@ -2233,3 +2233,44 @@ def test_a_thread_start_split_between_the_gil_and_the_run_queue_is_excused(
     # the watchdog's first look came after the step: it saw nothing to cite
     step.suspect_at = end + 0.0006
     assert watchdog._starved_neighbour(step, end, blocked, other_cpu=0.029) is None
+
+
+def test_a_step_spent_in_thread_start_is_the_new_threads_start_up() -> None:
+    """asgiref's ThreadSensitiveContext.__aexit__ starts a thread in a loop step; with every
+    core taken, Thread.start() waited 489 ms for it to run (a clean suite under four hogs).
+    A thread that never ran has no run-queue wait to read: the samples show the wait."""
+    import threading as threads
+
+    def frame(path: str, function: str) -> findings.Frame:
+        return findings.Frame(path, 1, function, "")
+
+    starting = (
+        frame("/srv/app/.venv/lib/python3.11/site-packages/asgiref/sync.py", "__aexit__"),
+        frame(threads.__file__, "Thread.start"),
+        frame(threads.__file__, "Event.wait"),
+    )
+    elsewhere = (frame("/srv/app/shop/views.py", "digest"),)
+    step = watchdog._Step()
+    step.close()
+    step.samples = [starting] * 9 + [elsewhere]
+    excuse = watchdog._starting_a_thread(step, 0.489)
+    assert excuse is not None
+    assert "waited 489 ms in Thread.start() for the thread it started to run" in excuse[1]
+    step.samples = [starting] * 4 + [elsewhere] * 6  # mostly somewhere else: no excuse
+    assert watchdog._starting_a_thread(step, 0.489) is None
+    step.samples = []
+    assert watchdog._starting_a_thread(step, 0.489) is None
+
+
+def test_the_plugins_own_wrapper_is_never_a_findings_location() -> None:
+    """Installed, the plugin is in site-packages like any package; a stall with no project
+    frame was located in its request-naming wrapper (djangohooks.py), which says nothing."""
+    site = "/srv/app/.venv/lib/python3.11/site-packages"
+    stack = (
+        findings.Frame(f"{site}/django/core/handlers/asgi.py", 1, "ASGIHandler.__call__", ""),
+        findings.Frame(f"{site}/pytest_djasync/djangohooks.py", 40, "__call__", ""),
+        findings.Frame(f"{site}/asgiref/sync.py", 207, "__aexit__", ""),
+    )
+    assert findings.user_frame(stack) == stack[-1]
+    with_a_package = (*stack[:2], findings.Frame(f"{site}/ninja/operation.py", 9, "run", ""))
+    assert findings.user_frame(with_a_package) == with_a_package[-1]
