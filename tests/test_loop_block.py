@@ -1137,7 +1137,11 @@ def test_a_step_spent_in_a_reported_blocking_call_gets_no_note(
     result.assert_outcomes(failed=1)
     [found] = violations(report, "test_sleeps_beside_a_busy_thread")
     assert found["message"].startswith("blocking call time.sleep()")
-    assert "DjasyncWarning" not in result.stdout.str()
+    # The sleep's 300 ms are the finding's, none of a note's. On a machine whose every core is
+    # busy, the rest of the step (the join) can wait for the GIL long enough for a note of its
+    # own (53 ms seen beside four CPU hogs): that one is true.
+    notes = re.findall(r"DjasyncWarning: .*?(\d+) ms", result.stdout.str())
+    assert all(int(ms) < 200 for ms in notes), notes
 
 
 @CLOCKS
