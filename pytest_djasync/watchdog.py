@@ -533,8 +533,8 @@ def _starting_a_thread(step: _Step, blocked: float) -> tuple[str, str] | None:
     return (
         f"thread-start:{step.name}",
         f"the event loop in thread {step.name!r} waited {blocked * 1000:.0f} ms in"
-        " Thread.start() for the thread it started to run (an overloaded machine: the new"
-        " thread needs the CPU and the GIL); not counted as a stall of the loop",
+        " Thread.start() for a thread it started (an overloaded machine: the new thread needs"
+        " the CPU, then the GIL, to start); not counted as a stall of the loop",
     )
 
 
