@@ -74,7 +74,7 @@ def djasync_assert_max_crossings(
     Modelled on pytest-django's ``django_assert_max_num_queries``.
     """
     from pytest_djasync import crossings, report
-    from pytest_djasync.errors import DjasyncWarning
+    from pytest_djasync.errors import DjasyncWarning, spared_from_blanket_errors
     from pytest_djasync.plugin import SETTINGS_KEY
 
     warn = request.config.stash[SETTINGS_KEY].mode.value == "warn"
@@ -95,9 +95,9 @@ def djasync_assert_max_crossings(
             # and a warning says so where a run's output shows it
             request.node.add_report_section("call", "djasync", text)
             headline = text.splitlines()[0].removeprefix("pytest-djasync: ")
-            warnings.warn(
-                DjasyncWarning(f"djasync_assert_max_crossings: {headline}"), stacklevel=3
-            )
+            note = f"djasync_assert_max_crossings: {headline}"
+            with spared_from_blanket_errors(note):
+                warnings.warn(DjasyncWarning(note), stacklevel=3)
         else:
             pytest.fail(text, pytrace=False)
 

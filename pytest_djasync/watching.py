@@ -17,7 +17,7 @@ import pytest
 from pytest_djasync import _compat, baseline, findings, live, markers, report
 from pytest_djasync import config as _config
 from pytest_djasync.dbthread import DatabaseThread
-from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning
+from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning, spared_from_blanket_errors
 from pytest_djasync.results import ATTRIBUTE, Results
 from pytest_djasync.session import Watch
 from pytest_djasync.verdict import Judge
@@ -201,6 +201,7 @@ class WatchHooks:
     ) -> None:
         """Fail the phase that just ended with every problem found in it; when the test failed
         on its own, or in warn mode, attach them to its report instead."""
+        __tracebackhide__ = True  # a failure or a note made an error shows the test, not us
         expects = when == "call" and (plan.max_crossings is not None or plan.fanout is not None)
         if not (expects or self.watch.has_news()):
             return
@@ -211,7 +212,8 @@ class WatchHooks:
             findings.internal_error(f"judging {item.nodeid}", exc)
             return
         for note in phase.notes:
-            item.warn(DjasyncWarning(note))
+            with spared_from_blanket_errors(note):
+                item.warn(DjasyncWarning(note))
         if not phase.text:
             return
         if test_failed or self.settings.mode.value == "warn":

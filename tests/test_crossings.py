@@ -607,6 +607,12 @@ def test_fixtures_count_and_expose_each_crossing(django_project: DjangoProject) 
             "pytest-djasync: 4 sync/async crossings in the block, more than the 3 allowed",
         ]
     )
+    # A project's blanket `-W error` does not undo warn mode; naming the warning does
+    blanket = django_project.run("--djasync-warn", "-W", "error", "-k", "over_budget or floor")
+    blanket.assert_outcomes(passed=2)
+    named = "error::pytest_djasync.errors.DjasyncWarning"
+    strict = django_project.run("--djasync-warn", "-W", named, "-k", "over_budget or floor")
+    strict.assert_outcomes(failed=2)
 
 
 # -- stability, and asgi_client against Django's AsyncClient --------------------------------------

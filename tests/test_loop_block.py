@@ -1190,6 +1190,49 @@ def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     assert all(f"while {hog} held it; not counted" in note for note in held), held
 
 
+def test_a_note_is_not_made_an_error_by_a_blanket_error_filter(
+    django_project: DjangoProject,
+) -> None:
+    """Many projects set ``filterwarnings = error``; notes are mostly about a busy machine, so
+    that must not fail a clean test on a CI runner. A filter naming DjasyncWarning does."""
+    django_project.ini("filterwarnings = error")
+    django_project.tests(
+        """
+        import asyncio
+        import threading
+        import time
+
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_loop_waits_for_the_gil():
+            stop = threading.Event()
+
+            def hog():
+                while not stop.is_set():
+                    sum(range(10_000_000))
+
+            thread = threading.Thread(target=hog, name="gil-hog")
+            thread.start()
+            try:
+                for _ in range(10):
+                    time.sleep(0)
+                    await asyncio.sleep(0.001)
+            finally:
+                stop.set()
+                thread.join()
+        """
+    )
+    result = django_project.run("--djasync", "--djasync-block-ms=50")
+    result.assert_outcomes(passed=1)
+    assert re.findall(r"DjasyncWarning: .*not counted as a stall", result.stdout.str())
+    named = "error::pytest_djasync.errors.DjasyncWarning"
+    strict = django_project.run("--djasync", "--djasync-block-ms=50", "-W", named)
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["E   pytest_djasync.errors.DjasyncWarning: *not counted*"])
+    assert "watching.py" not in strict.stdout.str()  # the test's failure, not the plugin's code
+
+
 def assert_watchdog_starved(result: pytest.RunResult) -> None:
     """The note excusing a step the watchdog could not sample. With every core busy (other
     processes), the OS can keep the watchdog's own thread off the CPU for as long as the
