@@ -146,13 +146,24 @@ class Collector:
 
 
 def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
+    """The first pattern a frame of ``stack`` matches. A library's frame counts only below the
+    project's innermost one: a middleware or a wrapper of an installed package (a toolbar, an
+    error tracker) is on every request's stack, and its pattern must not excuse the views it
+    calls. A frame of the project's own code excuses everything it calls."""
+    if not patterns:
+        return None
+    innermost_own = max((d for d, f in enumerate(stack) if is_user_path(f.path)), default=-1)
     for pattern in patterns:
         module_pat, _, func_pat = pattern.partition(":")
-        for frame in stack:
+        for depth, frame in enumerate(stack):
             short = frame.function.rpartition(".")[2]
-            if fnmatch.fnmatchcase(frame.module, module_pat) and (
-                fnmatch.fnmatchcase(frame.function, func_pat)
-                or fnmatch.fnmatchcase(short, func_pat)
+            if (
+                fnmatch.fnmatchcase(frame.module, module_pat)
+                and (
+                    fnmatch.fnmatchcase(frame.function, func_pat)
+                    or fnmatch.fnmatchcase(short, func_pat)
+                )
+                and (depth >= innermost_own or is_user_path(frame.path))
             ):
                 return pattern
     return None

@@ -2321,3 +2321,70 @@ def test_the_plugins_own_wrapper_is_never_a_findings_location() -> None:
     assert findings.user_frame(stack) == stack[-1]
     with_a_package = (*stack[:2], findings.Frame(f"{site}/ninja/operation.py", 9, "run", ""))
     assert findings.user_frame(with_a_package) == with_a_package[-1]
+
+
+def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it_wraps(
+    django_project: DjangoProject,
+) -> None:
+    """A toolbar's or an error tracker's middleware is on every request's stack (trial: with
+    `debug_toolbar.*:*` allowed, every planted bug of the project passed)."""
+    django_project.installed(
+        {
+            "wrapkit/__init__.py": "",
+            "wrapkit/middleware.py": """
+                import time
+
+                from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+                class Wrap:
+                    async_capable = True
+                    sync_capable = False
+
+                    def __init__(self, get_response):
+                        self.get_response = get_response
+                        markcoroutinefunction(self)
+
+                    async def __call__(self, request):
+                        if request.path == "/own/":
+                            time.sleep(0.001)  # the package's own blocking
+                        return await self.get_response(request)
+                """,
+        }
+    )
+    django_project.settings('MIDDLEWARE = ["wrapkit.middleware.Wrap"]')
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+        async def own(request):
+            return HttpResponse("ok")
+
+        async def slow(request):
+            time.sleep(0.001)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.ini("djasync_allow =\n    wrapkit.*:*\n    tproj.views:own")
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_own(asgi_client):
+            assert (await asgi_client.get("/own/")).status_code == 200
+
+        @pytest.mark.asyncio
+        async def test_slow(asgi_client):
+            assert (await asgi_client.get("/slow/")).status_code == 200
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=1, failed=1)
+    [own] = violations(report, "test_own")
+    assert own["allowed_by"] == "wrapkit.*:*"
+    [slow] = violations(report, "test_slow")
+    assert slow["allowed_by"] is None
+    assert slow["location"]["function"] == "slow"
+    result.stdout.fnmatch_lines(["*djasync_allow pattern 'tproj.views:own' matched no finding*"])
