@@ -320,6 +320,40 @@ def test_warn_mode_reports_everything_and_fails_nothing(
     )
 
 
+def test_warn_mode_keeps_an_xfail_that_expects_the_plugins_failure(
+    django_project: DjangoProject,
+) -> None:
+    """The documented strict xfail of a known problem would XPASS, and fail, if warn mode did
+    not fail it (two trials' CI gates went red on it)."""
+    django_project.tests(
+        """
+        import time
+
+        import pytest
+
+        from pytest_djasync.errors import AsyncSafetyFailure
+
+        @pytest.mark.xfail(raises=AsyncSafetyFailure, strict=True, reason="known")
+        @pytest.mark.asyncio
+        async def test_known():
+            time.sleep(0.001)
+
+        @pytest.mark.xfail(reason="known too")
+        @pytest.mark.asyncio
+        async def test_known_any_failure():
+            time.sleep(0.001)
+
+        @pytest.mark.asyncio
+        async def test_new():
+            time.sleep(0.001)
+        """
+    )
+    result = django_project.run("--djasync", "--djasync-warn")
+    result.assert_outcomes(passed=1, xfailed=2)
+    ignored = django_project.run("--djasync", "--djasync-warn", "--runxfail")
+    ignored.assert_outcomes(passed=3)
+
+
 def test_the_summary_counts_clean_tests_without_a_report_file(
     django_project: DjangoProject,
 ) -> None:
