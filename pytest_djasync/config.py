@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from pytest_djasync import baseline
 
 T = TypeVar("T")
 
@@ -340,3 +343,20 @@ def _parse_patterns(raw: str) -> tuple[str, ...]:
                 f"{pattern!r} is not a 'module:function' pattern (e.g. 'myapp.legacy:*')"
             )
     return patterns
+
+
+def load_baseline(settings: Settings, root: Path) -> baseline.Baseline:
+    """The ``--djasync-baseline`` file, read; a bad one is a usage error."""
+    from pytest_djasync import baseline
+
+    path = settings.baseline.value
+    if path is None:
+        return baseline.Baseline()
+    try:
+        return baseline.Baseline.load(root / path)
+    except (OSError, ValueError) as exc:
+        # A rewrite keeps the old entries of the tests it does not run, so it reads them too.
+        hint = " (delete the file to write a new one)" if settings.baseline_write else ""
+        raise pytest.UsageError(
+            f"pytest-djasync: {settings.baseline.source}: {exc}{hint}"
+        ) from None

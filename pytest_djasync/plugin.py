@@ -29,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # A pytest-xdist controller collects nothing, so it cannot wait for the markers to decide.
     if settings.enabled.value or _config.distributes_tests(config):
         _watch(config)
+    elif settings.baseline.value is not None:  # read now, as a watching run would: a bad one
+        _config.load_baseline(settings, config.rootpath)  # is a usage error before any test
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

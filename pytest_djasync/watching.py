@@ -35,20 +35,6 @@ WATCH_PLUGIN = "djasync-watch"
 DB_PLUGIN = "djasync-db-thread"
 
 
-def _load_baseline(settings: _config.Settings, root: Path) -> baseline.Baseline:
-    path = settings.baseline.value
-    if path is None:
-        return baseline.Baseline()
-    try:
-        return baseline.Baseline.load(root / path)
-    except (OSError, ValueError) as exc:
-        # A rewrite keeps the old entries of the tests it does not run, so it reads them too.
-        hint = " (delete the file to write a new one)" if settings.baseline_write else ""
-        raise pytest.UsageError(
-            f"pytest-djasync: {settings.baseline.source}: {exc}{hint}"
-        ) from None
-
-
 class _Running(NamedTuple):
     """The watched test in progress, kept so each phase's hook finds it without look-ups."""
 
@@ -66,7 +52,7 @@ class WatchHooks:
         self.enabled = settings.enabled.value
         self.root = Path(config.rootpath)
         self.watch = Watch(settings.block_ms.value, settings.guard.value, settings.allow.value)
-        self.recorded = _load_baseline(settings, self.root)
+        self.recorded = _config.load_baseline(settings, self.root)
         # A writing run judges without the old file, so its findings still fail; it keeps
         # only the old entries of the tests it did not run.
         self.known = baseline.Baseline() if settings.baseline_write else self.recorded

@@ -235,6 +235,12 @@ def test_malformed_baseline_is_a_usage_error(django_project: DjangoProject) -> N
     rewrite.stderr.fnmatch_lines(
         ["*expected 4 tab-separated*(delete the file to write a new one)"]
     )
+    # Without --djasync too, before any test: it was read only once a marker started watching,
+    # after collection, and not at all in a run with no marked test (trial)
+    unwatched = django_project.run("--djasync-baseline=b.txt")
+    assert unwatched.ret == pytest.ExitCode.USAGE_ERROR
+    unwatched.stderr.fnmatch_lines(["*--djasync-baseline: */b.txt:1: expected 4 tab-separated*"])
+    assert "collected" not in unwatched.stdout.str()
 
 
 @pytest.mark.parametrize(
