@@ -248,18 +248,19 @@ def capture_one(frame: FrameType) -> Stack:
 def capture(frame: FrameType | None) -> Stack:
     """The stack from ``frame`` out to the loop step running it, outermost first.
 
-    Frames outside the step (the event loop, pytest) and the plugin's own frames are left out:
-    they are the same for every finding. Works on another thread's frame too.
+    Frames outside the step (the event loop, pytest) and the plugin's own frames (its
+    wrappers, around a request or a call) are left out: they are the same for every finding.
+    Works on another thread's frame too.
     """
     frames: list[Frame] = []
     while frame is not None and len(frames) < _MAX_DEPTH:
-        if frame.f_code is _STEP_CODE[0]:
+        code = frame.f_code
+        if code is _STEP_CODE[0]:
             break
-        frames.extend(capture_one(frame))
+        if not code.co_filename.startswith(_PLUGIN_DIR):
+            frames.extend(capture_one(frame))
         frame = frame.f_back
     frames.reverse()
-    while frames and frames[-1].path.startswith(_PLUGIN_DIR):
-        frames.pop()
     while len(frames) > 1 and frames[0].module == "asyncio.events":
         del frames[0]  # Handle._run, the same for every step
     return tuple(frames)

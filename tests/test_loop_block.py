@@ -2388,3 +2388,35 @@ def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it
     assert slow["allowed_by"] is None
     assert slow["location"]["function"] == "slow"
     result.stdout.fnmatch_lines(["*djasync_allow pattern 'tproj.views:own' matched no finding*"])
+
+
+def test_a_findings_stack_leaves_out_the_plugins_own_frames(django_project: DjangoProject) -> None:
+    """The request-naming wrapper around Django's handler was a frame of every stack of a
+    request sent by Django's AsyncClient (trial: the docs say the stack runs from the loop step
+    to the blocking line)."""
+    django_project.views(
+        """
+        import time
+
+        from django.http import HttpResponse
+
+        async def slow(request):
+            time.sleep(0.001)
+            return HttpResponse("ok")
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_slow(async_client):
+            await async_client.get("/slow/")
+        """
+    )
+    result, report = django_project.report("-v")
+    [finding] = violations(report, "test_slow")
+    paths = [frame["path"] for frame in finding["stack"]]
+    assert paths[-1].endswith("tproj/views.py"), paths
+    assert not [path for path in paths if "pytest_djasync" in path], paths
+    assert "djangohooks.py" not in result.stdout.str()
