@@ -250,11 +250,20 @@ def expected_by(
     if error is None or test is None or _carries(escaped, error):
         return False
     tb = error.__traceback__
+    if tb is None:  # unittest's assertRaises drops it once it has caught the error
+        return _raised_below(finding.stack, test)
     while tb is not None:
         if tb.tb_frame.f_code is test:
             return True
         tb = tb.tb_next
     return False
+
+
+def _raised_below(stack: findings.Stack, test: CodeType) -> bool:
+    """True when the test's code was on the stack the error was raised from: an error that did
+    not leave the test, and lost its traceback on the way, was caught on its way to it."""
+    name = getattr(test, "co_qualname", test.co_name)
+    return any(f.path == test.co_filename and f.function == name for f in stack)
 
 
 def _carries(escaped: BaseException | None, error: BaseException, depth: int = 0) -> bool:

@@ -236,6 +236,44 @@ def test_an_error_the_test_let_through_is_not_caught_by_it(django_project: Djang
     result.stdout.fnmatch_lines(["*fix: fetch it with the query: .select_related('author')*"])
 
 
+def test_an_error_caught_by_assert_raises_is_caught_by_the_test(
+    django_project: DjangoProject,
+) -> None:
+    """unittest's assertRaises drops the error's traceback once it has caught it, the test's
+    frame with it (trial: the usual idiom of TestCase suites failed under --djasync)."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.tests(
+        """
+        import unittest
+
+        import pytest
+        from django.core.exceptions import SynchronousOnlyOperation
+        from django.test import SimpleTestCase
+
+        from tproj.models import Author
+
+        class TestDjangos(SimpleTestCase):
+            async def test_assert_raises(self):
+                with self.assertRaises(SynchronousOnlyOperation):
+                    Author.objects.count()
+
+            async def test_assert_raises_message(self):
+                with self.assertRaisesMessage(SynchronousOnlyOperation, "async context"):
+                    Author.objects.count()
+
+        @pytest.mark.asyncio
+        async def test_unittest_in_a_function():
+            with unittest.TestCase().assertRaises(SynchronousOnlyOperation):
+                Author.objects.count()
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=3)
+    for entry in report["tests"]:
+        [found] = entry["violations"]
+        assert found["allowed_by"] == "caught by the test", entry["nodeid"]
+
+
 def test_an_error_in_an_async_fixture_is_one_error_with_its_fix(
     django_project: DjangoProject,
 ) -> None:
