@@ -14,7 +14,11 @@ one thread that uses the main thread's connection objects, the way Django's
   ``close_old_connections()`` called outright (Channels calls it around every consumer call
   and in ``database_sync_to_async``);
 * ``CaptureQueriesContext`` (behind pytest-django's ``django_assert_num_queries``) opens on
-  the database thread when entered on the loop, where Django forbids touching the connection.
+  the database thread when entered on the loop, where Django forbids touching the connection;
+* ``TestCase.captureOnCommitCallbacks`` (behind ``django_capture_on_commit_callbacks``) reads
+  the shared connections' callbacks when entered on the loop, whose own connections (asgiref
+  keeps one per async context) never see them. It is replaced for the whole session, as the
+  fixture hands it out before or after the test's database set-up.
 
 ``thread_sensitive=False`` work keeps running in other threads with connections of their own,
 as in production. Everything is undone when the test ends.
@@ -27,7 +31,7 @@ import contextlib
 import functools
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -61,10 +65,15 @@ class DatabaseThread:
     """Owns the one thread; ``share()`` for a test, ``unshare()`` after it."""
 
     def __init__(self) -> None:
+        from django.test import TestCase
+
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="djasync-db")
         self._patches: list[patching.Patch] = []
         self._shared: dict[str, Any] = {}
         self._signals = contextlib.ExitStack()
+        original = vars(TestCase)["captureOnCommitCallbacks"].__func__
+        replaced = classmethod(self._captured_here(original))
+        self._capture_patch = patching.install(TestCase, "captureOnCommitCallbacks", replaced)
 
     def share(self) -> None:
         """Route thread-sensitive work to the database thread, on the caller's connections."""
@@ -117,6 +126,22 @@ class DatabaseThread:
 
         return __enter__
 
+    def _captured_here(self, capture: Callable[..., Any]) -> Callable[..., Any]:
+        """``captureOnCommitCallbacks`` that, on a running loop while a test shares its
+        connections, reads them: the test's callbacks are registered on the database thread."""
+
+        @contextlib.contextmanager
+        def captureOnCommitCallbacks(cls: type, **options: Any) -> Iterator[list[Any]]:
+            alias = options.get("using", "default")  # Django's DEFAULT_DB_ALIAS
+            connection = self._shared.get(alias)
+            on_loop = connection is not None and _on_a_loop()
+            binding = _bound(alias, connection) if on_loop else contextlib.nullcontext()
+            with binding, capture(cls, **options) as callbacks:
+                yield callbacks
+
+        functools.update_wrapper(captureOnCommitCallbacks, capture)
+        return captureOnCommitCallbacks
+
     def unshare(self) -> None:
         self._signals.close()
         for patch in reversed(self._patches):
@@ -128,7 +153,29 @@ class DatabaseThread:
         self._shared.clear()
 
     def close(self) -> None:
+        self._capture_patch.undo()
         self._executor.shutdown(wait=True)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _bound(alias: str, connection: Any) -> Iterator[None]:
+    """The current async context's ``connections[alias]`` is ``connection`` meanwhile."""
+    from django.db import connections
+
+    own = connections[alias]
+    connections[alias] = connection
+    try:
+        yield
+    finally:
+        connections[alias] = own
 
 
 def _kept_open() -> None:

@@ -28,6 +28,8 @@ async def add(request):
 
 TESTS = """
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.test import AsyncClient
 
 from tproj.models import Item
@@ -70,6 +72,15 @@ async def test_5_num_queries_sees_the_views_queries(
 ):
     with django_assert_num_queries(1):
         await asgi_client.get("/names/")
+
+
+@pytest.mark.asyncio(loop_scope=LOOP)
+async def test_6_on_commit_callbacks_are_captured(django_capture_on_commit_callbacks, db):
+    # the fixture before `db`: it hands out the method before the test's database set-up
+    with django_capture_on_commit_callbacks() as callbacks:
+        await Item.objects.acreate(name="x")
+        await sync_to_async(transaction.on_commit)(lambda: None)
+    assert len(callbacks) == 1
 """
 
 
@@ -80,7 +91,7 @@ def test_async_tests_share_the_test_transaction(
     django_project.views(VIEWS)
     django_project.tests(TESTS.format(loop=loop))
     result = django_project.run("--djasync", "-p", "no:randomly", "-W", "error::RuntimeWarning")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     output = result.stdout.str() + result.stderr.str()
     assert "being accessed by other users" not in output
 
@@ -206,6 +217,43 @@ def test_asgiref_and_django_are_restored_after_the_test(django_project: DjangoPr
         """
     )
     django_project.run("--djasync", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_capturing_on_commit_callbacks_is_restored_at_the_end_of_the_session(
+    django_project: DjangoProject,
+) -> None:
+    """Replaced for the whole session (the fixture hands the method out before or after the
+    test's database set-up), delegating outside a shared async test; restored at its end."""
+    django_project.installed(
+        {},
+        conftest="""
+        from django.test import TestCase
+
+        ORIGINAL = vars(TestCase)["captureOnCommitCallbacks"]
+
+        def pytest_unconfigure(config):
+            restored = vars(TestCase)["captureOnCommitCallbacks"] is ORIGINAL
+            open("restored.txt", "w").write(str(restored))
+        """,
+    )
+    django_project.tests(
+        """
+        import pytest
+        from django.db import transaction
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        async def test_async():
+            pass
+
+        def test_sync(django_capture_on_commit_callbacks, db):
+            with django_capture_on_commit_callbacks() as callbacks:
+                transaction.on_commit(lambda: None)
+            assert len(callbacks) == 1
+        """
+    )
+    django_project.run("--djasync").assert_outcomes(passed=2)
+    assert (django_project.path / "restored.txt").read_text() == "True"
 
 
 SHOW_THE_HOOK = """
