@@ -645,6 +645,8 @@ def _code_frame(code: Any) -> Stack:
 
 def stall_fix(stack: Stack) -> str:
     paths = [frame.path.replace(os.sep, "/") for frame in stack]
+    if any(p.endswith("/django/contrib/auth/hashers.py") for p in paths):
+        return _hashing_fix(stack)
     if any("/django/db/" in p or "/sqlite3/" in p for p in paths):
         return (
             "use the async ORM (aget, acount, async for) or run the query block in"
@@ -663,6 +665,30 @@ def stall_fix(stack: Stack) -> str:
         " or sync_to_async(func, thread_sensitive=False)(...); heavy CPU work belongs in a"
         " process pool"
     )
+
+
+def _hashing_fix(stack: Stack) -> str:
+    """Django's async auth methods can hash passwords on the loop (``acreate_user``; Django
+    5.x's ``acheck_password``, so ``alogin``): the project can hash off it, and tests can hash
+    fast. Thread-sensitive, so that what the call writes stays in the test's transaction."""
+    called = _django_call(stack)
+    where = f" in Django's {called}" if called else ""
+    return (
+        f"password hashing (slow on purpose) ran on the loop{where}: call the sync version in"
+        " sync_to_async, e.g. await sync_to_async(User.objects.create_user)(...) (thread-"
+        "sensitive, the default, so its queries stay in a test's transaction); in tests, use"
+        " a fast hasher, PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher'],"
+        " or log in with force_login/aforce_login, which hashes nothing"
+    )
+
+
+def _django_call(stack: Stack) -> str | None:
+    """The Django function the project's innermost frame called, if it called Django."""
+    own = [depth for depth, frame in enumerate(stack) if findings.is_user_path(frame.path)]
+    below = stack[own[-1] + 1 :] if own else stack
+    if below and f"{os.sep}django{os.sep}" in below[0].path:
+        return below[0].function
+    return None
 
 
 def _tracer_note() -> str:

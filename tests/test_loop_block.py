@@ -2420,3 +2420,28 @@ def test_a_findings_stack_leaves_out_the_plugins_own_frames(django_project: Djan
     assert paths[-1].endswith("tproj/views.py"), paths
     assert not [path for path in paths if "pytest_djasync" in path], paths
     assert "djangohooks.py" not in result.stdout.str()
+
+
+def test_password_hashing_on_the_loop_is_told_how_to_hash_off_it(
+    django_project: DjangoProject,
+) -> None:
+    """Django's acreate_user hashes on the loop: the generic "asyncio.to_thread or
+    thread_sensitive=False" fix, followed, wrote the user outside the test's transaction
+    (trial: rows leaked into later tests), and named neither Django's method nor the hasher."""
+    django_project.tests(
+        """
+        import pytest
+        from django.contrib.auth.models import User
+
+        @pytest.mark.asyncio
+        async def test_make_user(db):
+            await User.objects.acreate_user("ada", password="a long enough password")
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(failed=1)
+    [stall] = [v for v in violations(report, "test_make_user") if v["kind"] == "stall"]
+    assert stall["location"]["function"] == "test_make_user"
+    assert re.search(r"password hashing .* in Django's (UserManager\.)?acreate_user", stall["fix"])
+    assert "sync_to_async(User.objects.create_user)" in stall["fix"]
+    assert "MD5PasswordHasher" in stall["fix"]
