@@ -78,8 +78,11 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
     api: FrameType | None = None
     lazy: tuple[str, str] | None = None
     maker: FrameType | None = None  # the innermost frame outside Django's database layer
+    reader: FrameType | None = None  # a package's frame that read the lazy attribute
     while frame is not None and not findings.is_user_path(frame.f_code.co_filename):
         code = frame.f_code
+        if lazy is not None and reader is None and not _in_django(code.co_filename):
+            reader = frame
         if maker is None and not _in_the_database_layer(code.co_filename):
             maker = frame
         elif maker is not None and _same_self(frame, maker):
@@ -97,6 +100,8 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         frame = frame.f_back
     if lazy is not None:
         what, fix = lazy
+        if reader is not None:
+            fix = _read_by_a_package(reader, what)
     else:
         what, fix = _orm_method(api) if api is not None else _sync_call(maker)
         if api is not None:
@@ -180,6 +185,32 @@ def _lazy_request_attribute(code: CodeType) -> tuple[str, str] | None:
     if "/django/contrib/sessions/backends/" in path and code.co_name == "_get_session":
         return _LAZY_SESSION
     return None
+
+
+def _in_django(path: str) -> bool:
+    return f"{os.sep}django{os.sep}" in path
+
+
+def _read_by_a_package(reader: FrameType, what: str) -> str:
+    """The fix when an installed package read ``request.user`` or ``request.session`` (an
+    error tracker adding the user to its events once the response is sent): no line of the
+    project's reads it, and the package may have caught the error, so the response looked
+    fine."""
+    package = str(reader.f_globals.get("__name__", "?")).partition(".")[0]
+    name = findings.method_name(reader)
+    attribute = "request.session" if what == _LAZY_SESSION[0] else "request.user"
+    load = (
+        "await request.session.aget(...) (Django 5.1+)"
+        if attribute == "request.session"
+        else "request.user = await request.auser() (Django 5.0+)"
+    )
+    return (
+        f"{package}'s {name}() read {attribute} on the loop, not your code (a package may catch"
+        f" the error: the response looks fine, what it wanted is lost): load it before the"
+        f" package reads it, in an async middleware placed after Django's"
+        f" {'SessionMiddleware' if attribute == 'request.session' else 'AuthenticationMiddleware'}"
+        f" that does {load}"
+    )
 
 
 _SYNC_CALL = "a sync database call"

@@ -274,6 +274,86 @@ def test_an_error_caught_by_assert_raises_is_caught_by_the_test(
         assert found["allowed_by"] == "caught by the test", entry["nodeid"]
 
 
+def test_a_package_reading_the_lazy_user_is_named_and_told_to_have_it_loaded_first(
+    django_project: DjangoProject,
+) -> None:
+    """An error tracker adds the user to its events once the response is sent, on the loop, and
+    catches the error (trial: sentry-sdk; the fix spoke of "your code or a template")."""
+    django_project.installed(
+        {
+            "tracker/__init__.py": "",
+            "tracker/middleware.py": """
+                from asgiref.sync import markcoroutinefunction
+
+                class Tracker:
+                    async_capable = True
+                    sync_capable = False
+
+                    def __init__(self, get_response):
+                        self.get_response = get_response
+                        markcoroutinefunction(self)
+
+                    async def __call__(self, request):
+                        response = await self.get_response(request)
+                        try:
+                            self.user_id = request.user.pk
+                        except Exception:
+                            pass  # a tracker never breaks the response
+                        return response
+                """,
+        }
+    )
+    django_project.views(
+        """
+        from asgiref.sync import markcoroutinefunction
+        from django.http import HttpResponse
+
+        async def hello(request):
+            return HttpResponse("hello")
+
+        class LoadUser:  # the fix it gives, followed
+            async_capable = True
+            sync_capable = False
+
+            def __init__(self, get_response):
+                self.get_response = get_response
+                markcoroutinefunction(self)
+
+            async def __call__(self, request):
+                request.user = await request.auser()
+                return await self.get_response(request)
+        """
+    )
+    django_project.tests(
+        """
+        import pytest
+        from django.contrib.auth.models import User
+
+        MIDDLEWARE = [
+            "tracker.middleware.Tracker",
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        ]
+
+        @pytest.mark.asyncio
+        @pytest.mark.django_db
+        @pytest.mark.parametrize("loaded", [[], ["tproj.views.LoadUser"]], ids=["as-is", "fixed"])
+        async def test_logged_in(asgi_client, settings, loaded):
+            settings.MIDDLEWARE = MIDDLEWARE + loaded
+            await asgi_client.aforce_login(await User.objects.acreate(username="ada"))
+            assert (await asgi_client.get("/hello/")).status_code == 200
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(passed=1, failed=1)
+    [found] = violations(report, "test_logged_in[as-is]")
+    assert found["what"].startswith("the lazy request.user")
+    assert found["location"]["function"].endswith("__call__")
+    assert found["fix"].startswith("tracker's Tracker.__call__() read request.user on the loop,")
+    assert "after Django's AuthenticationMiddleware" in found["fix"]
+    assert "request.user = await request.auser()" in found["fix"]
+
+
 def test_an_error_in_an_async_fixture_is_one_error_with_its_fix(
     django_project: DjangoProject,
 ) -> None:
