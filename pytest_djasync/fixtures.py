@@ -105,12 +105,13 @@ def djasync_assert_max_crossings(
 
 
 @pytest.fixture
-def djasync_fanout() -> Iterator[fanout.Recorder]:
+def djasync_fanout(request: pytest.FixtureRequest) -> Iterator[fanout.Recorder]:
     """Every outbound httpx request from now to the end of the test: ``.calls``,
     ``.peak_concurrency``, ``.wall``, ``.slowest``, ``.assert_concurrent(n, within=None)``."""
     from pytest_djasync import fanout
 
-    recorder = fanout.start(fanout.Recorder())
+    # the rootdir, as in the marker's failures: the timeline's "sent from" paths are relative
+    recorder = fanout.start(fanout.Recorder(root=request.config.rootpath))
     try:
         yield recorder
     finally:

@@ -115,7 +115,7 @@ class Judge:
             return ""
         cause = recorder.likely_cause() or f"start the calls together ({fanout.TOGETHER})"
         if self._marker_failure(item, findings.FANOUT, problem, cause):
-            return "pytest-djasync: " + fanout.timeline(recorder, problem)
+            return "pytest-djasync: " + fanout.timeline(recorder, problem, root=self.root)
         return ""
 
     def _marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> bool:

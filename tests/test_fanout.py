@@ -22,7 +22,7 @@ import pytest
 
 import pytest_djasync
 from pytest_djasync import fanout
-from tests.conftest import DjangoProject
+from tests.conftest import DjangoProject, line_of
 
 # The outbound API lives at {base}a, {base}b, ...: respx mocks https://api.test/ unless a test
 # passes ?base=... (the real server's address).
@@ -110,6 +110,88 @@ async def sync_not_thread_sensitive(request):
 
 
 async def quiet(request):
+    return HttpResponse("ok")
+
+
+async def awaited_tasks(request):
+    # A task per call, each awaited as soon as it is created: a finished task's id() is free
+    # for the next one.
+    async with httpx.AsyncClient(verify=TLS) as client:
+        for url in _urls(request):
+            await asyncio.create_task(client.get(url))
+    return HttpResponse("ok")
+
+
+async def locked(request):
+    lock = asyncio.Lock()
+
+    async def fetch(client, url):
+        async with lock:
+            await client.get(url)
+
+    async with httpx.AsyncClient(verify=TLS) as client:
+        await asyncio.gather(*(fetch(client, url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def sync_then_sequential(request):
+    first, *rest = _urls(request)
+    await sync_to_async(_fetch_with_httpx_client)(first)
+    async with httpx.AsyncClient(verify=TLS) as client:
+        for url in rest:
+            await client.get(url)
+    return HttpResponse("ok")
+
+
+async def gather_then_one(request):
+    a, b, c = _urls(request)
+    async with httpx.AsyncClient(verify=TLS) as client:
+        await asyncio.gather(client.get(a), client.get(b))
+        await client.get(c)
+    return HttpResponse("ok")
+
+
+async def held_back(request):
+    # The third call of the gather waits for a lock released once the first two are answered.
+    a, b, c = _urls(request)
+    lock = asyncio.Lock()
+    await lock.acquire()
+    async with httpx.AsyncClient(verify=TLS) as client:
+
+        async def first_two():
+            try:
+                await asyncio.gather(client.get(a), client.get(b))
+            finally:
+                lock.release()
+
+        async def after_the_lock():
+            async with lock:
+                await client.get(c)
+
+        await asyncio.gather(first_two(), after_the_lock())
+    return HttpResponse("ok")
+
+
+async def retried(request):
+    async def fetch(client, url):
+        for _ in range(3):
+            response = await client.get(url)
+            if response.status_code != 503:
+                return
+
+    async with httpx.AsyncClient(verify=TLS) as client:
+        await asyncio.gather(*(fetch(client, url) for url in _urls(request)))
+    return HttpResponse("ok")
+
+
+async def _get(client, url):
+    return await client.get(url)
+
+
+async def seq_loop(request):
+    async with httpx.AsyncClient(verify=TLS) as client:
+        for url in _urls(request):
+            await _get(client, url)
     return HttpResponse("ok")
 """
 
@@ -654,3 +736,251 @@ def test_a_fan_out_of_calls_no_recorder_saw_says_which_clients_are_seen() -> Non
     text = str(failed.value)
     assert "expected at least 2 outbound requests in flight together, saw 0" in text
     assert "likely cause: no outbound request was recorded: only httpx's clients are" in text
+
+
+# -- 11: tasks are told apart by number, not by id() -------------------------------------------
+
+
+def test_tasks_awaited_one_by_one_each_count_as_a_task(project: DjangoProject) -> None:
+    """A finished task's id() is reused by the next task: three tasks awaited one by one
+    looked like two, or one."""
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_view(asgi_client, api):
+            assert (await asgi_client.get("/awaited_tasks/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at least 3 outbound requests in flight together, saw 1",
+            "  likely cause: the calls came from 3 tasks, but each*",
+            "FAILED test_scenario.py::test_view - *",
+        ]
+    )
+
+
+# -- 12: a likely cause only on evidence of it -------------------------------------------------
+
+
+def test_tasks_serialized_by_a_lock_are_not_blamed_on_instant_mocks(
+    project: DjangoProject,
+) -> None:
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_locked(asgi_client, api):
+            assert (await asgi_client.get("/locked/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  3 requests, peak 1 in flight*",
+            "  likely cause: the calls came from 3 tasks, but each started only after the"
+            " previous one had ended: a limit of one held across the call (an asyncio.Lock,"
+            " asyncio.Semaphore(1), httpx.Limits(max_connections=1)) serializes them, or each"
+            " task was awaited before the next was created (create them all, then await them"
+            " together)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*answer at once*")
+
+
+def test_one_thread_sensitive_call_is_no_queue_on_the_executor(project: DjangoProject) -> None:
+    """One sync call through the thread-sensitive executor, then two awaited in turn: the
+    executor queued nothing, the awaits did."""
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_sync_then_sequential(asgi_client, api):
+            assert (await asgi_client.get("/sync_then_sequential/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  3 requests, peak 1 in flight*",
+            "  likely cause: the calls were awaited one after another in one task;*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*thread-sensitive executor*")
+
+
+def test_a_cap_is_named_only_on_evidence_of_one(project: DjangoProject) -> None:
+    """A call left out of a gather, a call held back by a lock, a retry: the peak is below the
+    number of requests, but nothing capped it."""
+    project.tests(
+        """
+        import asyncio
+
+        import httpx
+        import pytest
+
+        from pytest_djasync import latency
+
+        @pytest.fixture
+        def b_fails_once(respx_mock):
+            answers = iter([503, 200])
+
+            async def answer(request):
+                await asyncio.sleep(0.05)
+                return httpx.Response(next(answers))
+
+            respx_mock.get("https://api.test/b").mock(side_effect=answer)
+            respx_mock.route(host="api.test").mock(side_effect=latency(0.05))
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_gather_then_one(asgi_client, api):
+            assert (await asgi_client.get("/gather_then_one/")).status_code == 200
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_held_back(asgi_client, api):
+            assert (await asgi_client.get("/held_back/")).status_code == 200
+
+        # Each attempt of b waits 50 ms after the last ended, so no single call spans them
+        # both: the fan-out takes longer than its slowest call however slow the machine is.
+        @pytest.mark.djasync_fanout(3, within=1)
+        @pytest.mark.asyncio
+        async def test_retried(asgi_client, b_fails_once):
+            assert (await asgi_client.get("/retried/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=3)
+    late = (
+        "  likely cause: GET api.test/c started after the calls before it had ended: it was not"
+        " started together with them (left out of the gather, or awaited after it), or"
+        " something it awaited first (a lock, a sync call) held it back"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*expected at least 3 outbound requests in flight together, saw 2",
+            "  3 requests, peak 2 in flight*",
+            late,
+            "*expected at least 3 outbound requests in flight together, saw 2",
+            "  3 requests, peak 2 in flight*",
+            late,
+            "*the fan-out took * ms, more than 1 x its slowest call (* ms)",
+            "  4 requests, peak 3 in flight*",
+            "  likely cause: GET api.test/b was sent 2 times one after another (a retry): the"
+            " fan-out lasts as long as all its attempts, while within= compares with the"
+            " slowest single request",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*capping the fan-out*")
+
+
+# -- 13: the lines of the code under test that sent the calls ----------------------------------
+
+
+def test_the_timeline_names_the_lines_that_sent_the_calls(project: DjangoProject) -> None:
+    test_source = """
+        import httpx
+        import pytest
+
+        TLS = httpx.create_ssl_context()
+
+        async def fetch_one(client, n):
+            return await client.get(f"https://api.test/{n}")
+
+        @pytest.mark.djasync_fanout(3)
+        @pytest.mark.asyncio
+        async def test_view(asgi_client, api):
+            assert (await asgi_client.get("/seq_loop/")).status_code == 200
+
+        @pytest.mark.asyncio
+        async def test_fixture(api, djasync_fanout):
+            async with httpx.AsyncClient(verify=TLS) as client:
+                await fetch_one(client, "a")
+                await client.get("https://api.test/b")
+            with pytest.raises(AssertionError) as failure:
+                djasync_fanout.assert_concurrent(2)
+            print(failure.value)
+        """
+    project.tests(test_source)
+    result = project.run("-s")
+    result.assert_outcomes(failed=1, passed=1)
+    get, loop = line_of(VIEWS, "return await client.get(url)"), line_of(VIEWS, "await _get(")
+    fetch = line_of(test_source, 'return await client.get(f"https://api.test/{n}")')
+    body = line_of(test_source, 'await fetch_one(client, "a")')
+    plain = line_of(test_source, 'await client.get("https://api.test/b")')
+    result.stdout.fnmatch_lines(
+        [
+            "*GET api.test/c |*",
+            f"  sent from tproj/views.py:{get} in _get < tproj/views.py:{loop} in seq_loop"
+            " (3 calls)",
+            "",
+            "  3 requests, peak 1 in flight*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"  sent from test_scenario.py:{fetch} in fetch_one < test_scenario.py:{body} in"
+            " test_fixture (1 call: GET api.test/a)",
+            f"  sent from test_scenario.py:{plain} in test_fixture (1 call: GET api.test/b)",
+        ]
+    )
+
+
+# -- 14: calls cancelled or failed count, and say so -------------------------------------------
+
+
+def test_cancelled_and_failed_calls_count_and_are_marked(project: DjangoProject) -> None:
+    project.tests(
+        """
+        import asyncio
+
+        import httpx
+        import pytest
+
+        from pytest_djasync import latency
+
+        TLS = httpx.create_ssl_context()
+
+        @pytest.fixture
+        def mixed(respx_mock):
+            respx_mock.get("https://api.test/b").mock(side_effect=httpx.ConnectError("refused"))
+            respx_mock.get("https://api.test/c").mock(side_effect=latency(30))
+            respx_mock.route(host="api.test").mock(side_effect=latency(0.05))
+
+        async def get(client, n):
+            try:
+                await asyncio.wait_for(client.get(f"https://api.test/{n}"), 0.2)
+            except (httpx.ConnectError, asyncio.TimeoutError):
+                pass
+
+        @pytest.mark.asyncio
+        async def test_outcomes(mixed, djasync_fanout):
+            async with httpx.AsyncClient(verify=TLS) as client:
+                await asyncio.gather(*(get(client, n) for n in "abc"))
+            outcomes = {call.url: call.outcome for call in djasync_fanout.calls}
+            assert outcomes == {
+                "api.test/a": "ok", "api.test/b": "failed", "api.test/c": "cancelled"
+            }
+            assert len(djasync_fanout.finished) == 3
+            with pytest.raises(AssertionError) as failure:
+                djasync_fanout.assert_concurrent(3)
+            text = str(failure.value)
+            assert "  3 requests, peak 2 in flight" in text
+            assert "  GET api.test/b (failed)    |" in text
+            assert "  GET api.test/c (cancelled) |" in text
+            assert "  GET api.test/a             |" in text
+        """
+    )
+    project.run().assert_outcomes(passed=1)
