@@ -10,13 +10,15 @@ pays little. Nothing here ever ``repr()``s the wrapped callable: a QuerySet's re
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -50,11 +52,18 @@ class Crossing:
     thread_sensitive: bool
     func: Any  # the wrapped callable; never repr()'d
     callers: list[tuple[CodeType, int, str]]  # innermost first: code, line, module
-    caller_self: Any  # ``self`` of the calling frame, to spot the middleware behind an adapter
+    caller_self: Any  # ``self`` of the calling frame: the middleware behind an adapter, or
+    # the streaming response whose sync iterator Django reads in a thread
     request: str | None
     thread: str
     outer_loop: bool = False  # async_to_sync: runs on the loop of an enclosing sync_to_async
-    _explained: tuple[str, str] | None = None
+    # When it ran, in ticks of one counter (an order, not a duration), and the crossing whose
+    # work made it: only crossings of one parent whose spans overlap ran concurrently (a
+    # crossing made inside another one's work overlaps it without running beside it).
+    start: int = 0
+    end: int | None = None  # None: never awaited, or still running
+    parent: Crossing | None = None
+    _explained: tuple[str, str, Source | None] | None = None
 
     @property
     def origin(self) -> str:
@@ -89,9 +98,22 @@ class Crossing:
             return None
         return self.detail.rpartition("(by ")[2].rstrip(")")
 
-    def _explain(self) -> tuple[str, str]:
+    @property
+    def installed_for(self) -> str | None:
+        """``Name (package)`` of the installed package's middleware or streaming response
+        (not Django's) that this hop is for, or ``None``: the project cannot rewrite that
+        code, only upgrade, replace or remove it."""
+        source = self._explain()[2]
+        if source is None:
+            return None
+        name, module, path = source
+        if module.startswith("django.") or not findings.is_installed(path):
+            return None
+        return f"{name} ({module.partition('.')[0]})"
+
+    def _explain(self) -> tuple[str, str, Source | None]:
         if self._explained is None:
-            self._explained = attribute(self)
+            self._explained = _explanation(self)
         return self._explained
 
     def user_line(self) -> str | None:
@@ -150,7 +172,7 @@ def _count() -> None:
         recorder._requests.append(request)
 
 
-def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
+def _record(direction: str, adapter: Any, func: Any, caller: Any) -> Crossing:
     recorders = tuple(_recorders)
     callers: list[tuple[CodeType, int, str]] = []
     frame = caller
@@ -158,21 +180,56 @@ def _record(direction: str, adapter: Any, func: Any, caller: Any) -> None:
         callers.append((frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?")))
         frame = frame.f_back
     a2s = direction == ASYNC_TO_SYNC
+    # a response's __aiter__ reading its sync iterator: its self says whose response it is
+    wants_self = a2s or (func is list and caller.f_code.co_name == "__aiter__")
     crossing = Crossing(
         direction,
         bool(getattr(adapter, "_thread_sensitive", False)),
         func,
         callers,
-        caller.f_locals.get("self") if a2s else None,
+        caller.f_locals.get("self") if wants_self else None,
         findings.current_request.get(),
         threading.current_thread().name,
         a2s and _runs_on_outer_loop(adapter),
+        start=next(_ticks),
+        parent=_running.get(),
     )
     for recorder in recorders:
         if recorder.explain:
             recorder.crossings.append(crossing)
         else:
             recorder._requests.append(crossing.request)
+    return crossing
+
+
+# Only for explained crossings: which one's work is running (asgiref copies the context into
+# the thread or loop it hops to), and the ticks that order their starts and ends.
+_running: contextvars.ContextVar[Crossing | None] = contextvars.ContextVar(
+    "djasync_crossing", default=None
+)
+_ticks = itertools.count(1)
+
+
+async def _awaited(crossing: Crossing, call: Awaitable[Any]) -> Any:
+    """A sync_to_async call awaited as ``crossing``: what it runs knows it, and it ends."""
+    __tracebackhide__ = True  # the call's own error is shown from the user's line
+    token = _running.set(crossing)
+    try:
+        return await call
+    finally:
+        _running.reset(token)
+        crossing.end = next(_ticks)
+
+
+def _called(crossing: Crossing, call: Callable[[], Any]) -> Any:
+    """An async_to_sync call made as ``crossing``: what it runs knows it, and it ends."""
+    __tracebackhide__ = True
+    token = _running.set(crossing)
+    try:
+        return call()
+    finally:
+        _running.reset(token)
+        crossing.end = next(_ticks)
 
 
 def _runs_on_outer_loop(adapter: Any) -> bool:
@@ -192,10 +249,10 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def __call__(self: SyncToAsync[Any, Any], *args: Any, **kwargs: Any) -> Any:
         if _recorders and id(__call__) in _shared.wrappers:  # live, not a stale one restored
-            if _explaining:
-                _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
-            else:
-                _count()
+            if _explaining:  # only then the extra coroutine that times it
+                crossing = _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
+                return _awaited(crossing, original(self, *args, **kwargs))
+            _count()
         return original(self, *args, **kwargs)
 
     return markcoroutinefunction(__call__)
@@ -208,9 +265,9 @@ def _counting_async_to_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         # thread) is shown from the user's line, not as if it came from the plugin
         if _recorders and id(__call__) in _shared.wrappers:
             if _explaining:
-                _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
-            else:
-                _count()
+                crossing = _record(ASYNC_TO_SYNC, self, self.awaitable, sys._getframe(1))
+                return _called(crossing, functools.partial(original, self, *args, **kwargs))
+            _count()
         return original(self, *args, **kwargs)
 
     return __call__
@@ -296,27 +353,143 @@ def _is_middleware(obj: Any) -> bool:
     return callable(obj) and "get_response" in getattr(obj, "__dict__", {})
 
 
+Source = tuple[str, str, str]  # the name, module and file of the code a hop is for
+
+
 def attribute(crossing: Crossing) -> tuple[str, str]:
     """(origin, detail) for one crossing; see the module docstring for the rules' order."""
+    origin, detail, _ = _explanation(crossing)
+    return origin, detail
+
+
+def _explanation(crossing: Crossing) -> tuple[str, str, Source | None]:
+    """(origin, detail) and the source of the middleware or response the hop is for, if any:
+    whether it is an installed package's decides what the project can do about it."""
+    hop = _middleware_hop(crossing)
+    if hop is not None:
+        return "middleware", *hop
+    if _reads_a_stream(crossing):
+        return "handler", *_stream(crossing.caller_self)
+    origin, detail = _by_caller(crossing)
+    if origin == "signal":
+        origin, detail = _signal(crossing, detail)
+    return origin, detail, None
+
+
+def _middleware_hop(crossing: Crossing) -> tuple[str, Source] | None:
     func = _unwrap(crossing.func)
     owner = getattr(func, "__self__", None)
     if owner is not None and _is_middleware(owner) and getattr(func, "__name__", "") in _HOOKS:
-        return "middleware", f"{type(owner).__qualname__}.{func.__name__} (MiddlewareMixin hook)"
+        # only MiddlewareMixin runs process_request/response in a thread itself; Django adapts
+        # any middleware's process_view and process_template_response to the request's mode
+        kind = "MiddlewareMixin hook" if _is_mixin(type(owner)) else "middleware hook"
+        return f"{type(owner).__qualname__}.{func.__name__} ({kind})", _source(owner)
     caller_is_middleware = _is_middleware(crossing.caller_self)
     if _is_middleware(func) and not caller_is_middleware:
-        return "middleware", f"mode adapter around {type(func).__qualname__}"
+        return _around(func)
     if caller_is_middleware:  # a sync-only middleware calls the async rest of the chain
-        return "middleware", f"mode adapter below {type(crossing.caller_self).__qualname__}"
+        below = crossing.caller_self
+        return f"mode adapter below {type(below).__qualname__}", _source(below)
     if _is_chain_link(crossing.func):  # function middleware: no instance holds get_response
         if not hasattr(owner, "load_middleware"):
-            return "middleware", f"mode adapter around {callable_name(func)}"
+            return _around(func)
         for code, _, module in crossing.callers:
             if not module.startswith(_ASGIREF):
-                return "middleware", f"mode adapter below {module}.{_qualname(code)}"
-    origin, detail = _by_caller(crossing)
-    if origin == "signal":
-        return _signal(crossing, detail)
-    return origin, detail
+                name = f"{module}.{_qualname(code)}"
+                return f"mode adapter below {name}", (name, module, code.co_filename)
+    return None
+
+
+def _around(link: Any) -> tuple[str, Source]:
+    """The adapter from the async handler into the sync chain, put on the outermost sync
+    link. Django puts every async-capable middleware above a sync-only one in sync mode too,
+    so an async-capable link is named with the sync-only one below it that did so."""
+    name = _link_name(link)
+    if not _async_capable(link):
+        return f"mode adapter around {name}", _source(link)
+    below = _sync_only_below(link)
+    if below is None:
+        return f"mode adapter around {name}", _source(link)
+    why = f"in sync mode for {_link_name(below)} below it"
+    return f"mode adapter around {name} ({why})", _source(below)
+
+
+def _sync_only_below(link: Any) -> Any:
+    """The first middleware down the ``get_response`` chain from ``link`` that is not
+    async-capable, or ``None``."""
+    for _ in range(200):  # a chain is as long as settings.MIDDLEWARE
+        link = _unwrap(_next_link(link))
+        if link is None or not _is_link(link):
+            return None
+        if not _async_capable(link):
+            return link
+    return None
+
+
+def _next_link(link: Any) -> Any:
+    if _is_middleware(link):
+        return vars(link)["get_response"]
+    return _closure(link).get("get_response")
+
+
+def _is_link(obj: Any) -> bool:
+    """A middleware instance, or the function a middleware factory returned (it closes over
+    ``get_response``)."""
+    code = getattr(obj, "__code__", None)
+    return _is_middleware(obj) or (code is not None and "get_response" in code.co_freevars)
+
+
+def _async_capable(link: Any) -> bool:
+    if _is_middleware(link):
+        return getattr(type(link), "async_capable", False) is True
+    return getattr(_factory(link), "async_capable", False) is True
+
+
+def _factory(function: Any) -> Any:
+    """The module-level middleware factory that made ``function`` (``factory.<locals>.f``)."""
+    qualname = getattr(function, "__qualname__", "")
+    if ".<locals>." not in qualname:
+        return None
+    found: Any = sys.modules.get(getattr(function, "__module__", None) or "")
+    for part in qualname.partition(".<locals>.")[0].split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+def _link_name(link: Any) -> str:
+    return type(link).__qualname__ if _is_middleware(link) else callable_name(link)
+
+
+def _source(obj: Any) -> Source:
+    """The name, module and file of a middleware (class, instance or function) or response."""
+    code = getattr(obj, "__code__", None)
+    if code is not None:  # a function middleware
+        return callable_name(obj), getattr(obj, "__module__", "") or "", code.co_filename
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = sys.modules.get(cls.__module__)
+    return cls.__qualname__, cls.__module__, getattr(module, "__file__", None) or ""
+
+
+def _is_mixin(cls: type) -> bool:
+    from django.utils.deprecation import MiddlewareMixin
+
+    return issubclass(cls, MiddlewareMixin)
+
+
+def _reads_a_stream(crossing: Crossing) -> bool:
+    """Django's StreamingHttpResponse.__aiter__ reading a sync iterator (a FileResponse's
+    file, WhiteNoise's) to the end with sync_to_async(list), under the ASGI handler."""
+    if crossing.func is not list or not crossing.callers:
+        return False
+    code, _, module = crossing.callers[0]
+    return module == "django.http.response" and code.co_name == "__aiter__"
+
+
+def _stream(response: Any) -> tuple[str, Source]:
+    name, module, path = source = _source(response)
+    installed = findings.is_installed(path) and not module.startswith("django.")
+    whose = f"{name}, from {module.partition('.')[0]}" if installed else name
+    return f"a streaming response's sync iterator read in a thread ({whose})", source
 
 
 def _is_chain_link(func: Any) -> bool:
@@ -488,13 +661,15 @@ def hooks_in_sync_mode(recorder: Recorder) -> list[str]:
 
 
 def sync_only_middleware() -> list[str]:
-    """The middleware of ``settings.MIDDLEWARE`` that Django can only run in sync mode: the
-    ones every mode adapter in an async request is there for."""
+    """The project's middleware of ``settings.MIDDLEWARE`` that Django can only run in sync
+    mode: the ones the project could make async-capable. An installed package's is not the
+    project's to rewrite (its mode adapters say whose they are: ``Crossing.installed_for``)."""
     return [
         _middleware_name(middleware)
         for middleware in _middleware()
         if getattr(middleware, "sync_capable", True)
         and not getattr(middleware, "async_capable", False)
+        and not findings.is_installed(_source(middleware)[2])
     ]
 
 
@@ -522,3 +697,33 @@ def _is_mixin_with_hooks(middleware: Any) -> bool:
         return False
     hooks = ("process_request", "process_response", "process_view")
     return any(hasattr(middleware, hook) for hook in hooks)
+
+
+def ran_concurrently(crossings: Iterable[Crossing]) -> list[Crossing]:
+    """The project's ``sync_to_async(..., thread_sensitive=False)`` calls that ran beside
+    another such call of the same request and parent (``asyncio.gather`` of them): folded into
+    one function, they would run one after the other. (A thread-sensitive call waits for the
+    one thread of its request anyway, so folding those loses nothing.)"""
+    siblings: dict[tuple[int, str | None], list[Crossing]] = defaultdict(list)
+    for crossing in crossings:
+        any_thread = crossing.direction == SYNC_TO_ASYNC and not crossing.thread_sensitive
+        if any_thread and crossing.origin == "user":  # explained last: it costs most
+            siblings[(id(crossing.parent), crossing.request)].append(crossing)
+    found: list[Crossing] = []
+    for group in siblings.values():
+        found += _overlapping(sorted(group, key=lambda crossing: crossing.start))
+    return found
+
+
+def _overlapping(ordered: list[Crossing]) -> list[Crossing]:
+    """Of crossings in order of their start, those whose spans overlap another's."""
+    found: list[Crossing] = []
+    cluster: list[Crossing] = []
+    reach = -1
+    for crossing in ordered:
+        if cluster and crossing.start > reach:  # started after all before it had ended
+            found += cluster if len(cluster) > 1 else []
+            cluster = []
+        cluster.append(crossing)
+        reach = max(reach, crossing.start if crossing.end is None else crossing.end)
+    return found + (cluster if len(cluster) > 1 else [])

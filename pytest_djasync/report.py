@@ -8,11 +8,18 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_djasync import fanout
 from pytest_djasync._io import write_text_atomically
-from pytest_djasync.crossings import Crossing, Recorder, hooks_in_sync_mode, sync_only_middleware
+from pytest_djasync.crossings import (
+    SYNC_TO_ASYNC,
+    Crossing,
+    Recorder,
+    hooks_in_sync_mode,
+    ran_concurrently,
+    sync_only_middleware,
+)
 from pytest_djasync.findings import Finding, Frame
 from pytest_djasync.session import TestRecord
 
@@ -113,7 +120,7 @@ def _group_lines(kind: str, hits: list[tuple[str, Entry]]) -> list[str]:
     shown = ", ".join(tests[:3]) + (f" and {len(tests) - 3} more" if len(tests) > 3 else "")
     return [
         f"{_place(first)}: {kind} {first.get('what', '')}{excused}",
-        f"    in {len(tests)} test(s): {shown}",
+        f"    in {len(tests)} test{'' if len(tests) == 1 else 's'}: {shown}",
         f"    fix: {first['fix']}",
     ]
 
@@ -257,53 +264,86 @@ _CROSSING_ADVICE = {
     " __call__, or @sync_and_async_middleware) so Django needs no adapter around it",
     "hook": "replace the MiddlewareMixin hook with an async-capable middleware: each hook costs"
     " a hop per request",
+    "plain-hook": "make the hook a coroutine (async def process_view), or do its work in the"
+    " middleware's async __call__: Django runs a sync process_view or"
+    " process_template_response in a thread on every request in async mode",
     "view": "make the view async (async def) or serve it under WSGI",
     "render": "return a rendered response instead of a TemplateResponse (or DRF's Response),"
     " which Django renders in a thread after the view",
+    "stream": "give the streaming response an async iterator (an async generator): Django"
+    " reads a sync one to the end in a thread, and holds all of it in memory",
     "orm": "batch the ORM work in one sync_to_async(...) call instead of one a-method per query",
+    "fold": "fold consecutive sync_to_async calls into one function called once",
+    "batch": "run the ORM work and the sync calls in one function called through one"
+    " sync_to_async(...): a request's sync work needs one hop, not one per query or call",
+    "concurrent": "sync_to_async calls that ran concurrently (thread_sensitive=False): folding"
+    " them would run them one after the other; make what they wrap async (an async client)"
+    " to keep them concurrent without a thread each",
     "async-api": "a Django async method that runs its sync twin in a thread (cache.aget runs"
     " cache.get): batch the calls (aget_many, aset_many) or make fewer of them",
     "signal": "make the receiver async (async def) so Django can await it directly",
-    "user": "an adapter call in the project's code: fold consecutive sync_to_async calls into"
-    " one function called once, or make what it wraps async",
+    "user": "an async_to_sync call in the project's code: make the code that calls it async,"
+    " and await what it wraps",
     "handler": "Django's own per-request hop; not avoidable from the project",
     "test-client": "the test client's own hop; production does not pay it",
 }
 
 
 def _advice(origin: str, detail: str) -> str:
-    if origin == "middleware" and "MiddlewareMixin hook" in detail:
+    if origin == "middleware" and "(MiddlewareMixin hook)" in detail:
         return _CROSSING_ADVICE["hook"]
+    if origin == "middleware" and "(middleware hook)" in detail:
+        return _CROSSING_ADVICE["plain-hook"]
     if origin == "view" and "(a TemplateResponse" in detail:
         return _CROSSING_ADVICE["render"]
+    if origin == "handler" and detail.startswith("a streaming response's"):
+        return _CROSSING_ADVICE["stream"]
     return _CROSSING_ADVICE[origin]
+
+
+class _Sorted(NamedTuple):
+    """A budget's crossings sorted out by what the project can do about them."""
+
+    avoidable: list[tuple[Crossing, str]]  # each with its advice
+    djangos: list[str]  # Django's own middleware: only removable
+    installed: list[str]  # installed packages' middleware and responses: not the project's
+    packages: list[str]  # installed packages that made the hop themselves
+    floors: list[str]  # whose one hop of sync work each batch leaves
 
 
 def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
     """Why a crossing budget failed: every crossing, then what can be done about them."""
+    noun = "crossing" if recorder.total == 1 else "crossings"
     lines = [
-        f"pytest-djasync: {recorder.total} sync/async crossings {where}, more than the"
+        f"pytest-djasync: {recorder.total} sync/async {noun} {where}, more than the"
         f" {limit} allowed",
         "",
     ]
     for number, crossing in enumerate(recorder, 1):
         lines.append(f"{number:3}. {crossing.line()}")
-    avoidable, djangos, packages = _sorted_out(recorder)
-    if not (avoidable or djangos or packages):
-        lone = _LONE_QUERY if _queried(recorder) else ""
-        return "\n".join([*lines, "", _NONE_AVOIDABLE.format(lone=lone, total=recorder.total)])
-    lines += _advice_lines(avoidable)
-    lines += _apart(djangos, _DJANGOS_MIDDLEWARE)
-    if avoidable:  # its advice would convert a sync-only middleware
-        lines += _apart(hooks_in_sync_mode(recorder), _CAREFUL)
-    lines += _apart(packages, _PACKAGES)
+    found = _sorted_out(recorder)
+    if not (found.avoidable or found.djangos or found.installed or found.packages):
+        return "\n".join([*lines, "", _none_avoidable(recorder, found.floors)])
+    lines += _advice_lines(found.avoidable)
+    lines += _apart(found.djangos, _DJANGOS_MIDDLEWARE)
+    if any(advice == _named_middleware_advice() for _, advice in found.avoidable):
+        lines += _apart(hooks_in_sync_mode(recorder), _CAREFUL)  # the advice converts one
+    lines += _apart(found.installed, _INSTALLED)
+    lines += _apart(found.packages, _PACKAGES)
     return "\n".join(lines)
 
 
-_NONE_AVOIDABLE = (
-    "none of them avoidable from the project: Django's handler and the test client pay these"
-    " on every request{lone}; allow at least {total}"
-)
+def _none_avoidable(recorder: Recorder, floors: list[str]) -> str:
+    """Why none is avoidable: Django's own hops, and each request's one hop of sync work."""
+    floor = _floor_text(floors)
+    why = floor or "Django makes these itself"
+    if any(crossing.origin in ("handler", "test-client") for crossing in recorder):
+        why = _PAID + (f" (and {floor})" if floor else "")
+    subject = "it is not" if recorder.total == 1 else "none of them"
+    return f"{subject} avoidable from the project: {why}; allow at least {recorder.total}"
+
+
+_PAID = "Django's handler and the test client pay these on every request"
 _DJANGOS_MIDDLEWARE = (
     "{count} of them from Django's own middleware ({names}): each of its MiddlewareMixin hooks"
     " costs a hop per request in an async view; remove what the project does not need, or allow"
@@ -313,6 +353,11 @@ _CAREFUL = (
     "careful: {names} ran in sync mode beside the sync-only middleware, where a MiddlewareMixin"
     " hook costs no hop; once every middleware around them is async-capable they run in async"
     " mode, and each of their hooks costs one per request: count both before converting"
+)
+_INSTALLED = (
+    "{count} of them for installed packages' middleware or responses ({names}): a package's"
+    " code, not the project's to rewrite; upgrade to a release that is async-capable, replace"
+    " or remove it, or allow for its hops in the budget"
 )
 _PACKAGES = (
     "{count} of them made by installed packages themselves ({names}): production pays them too;"
@@ -324,22 +369,28 @@ _PACKAGES = (
 def crossings_fix(recorder: Recorder) -> str:
     """A failed budget's one-line fix for the summary: the advice that covers most of the
     avoidable crossings, else what the rest are."""
-    avoidable, djangos, packages = _sorted_out(recorder)
-    advice = _advice_counts(avoidable)
+    found = _sorted_out(recorder)
+    advice = _advice_counts(found.avoidable)
     if advice:
         best = max(advice, key=lambda text: advice[text])
         more = len(advice) - 1
         return best + (f"; {more} more kind(s) in the test's failure" if more else "")
-    if djangos:
-        names = ", ".join(dict.fromkeys(djangos))
+    if found.djangos:
+        names = ", ".join(dict.fromkeys(found.djangos))
         return f"remove the Django middleware the project does not need ({names}) or allow for it"
-    if packages:
-        names = ", ".join(dict.fromkeys(packages))
+    if found.installed:
+        names = ", ".join(dict.fromkeys(found.installed))
+        return (
+            f"installed packages' code ({names}): upgrade to an async-capable release, replace"
+            " or remove it, or allow for its hops in the budget"
+        )
+    if found.packages:
+        names = ", ".join(dict.fromkeys(found.packages))
         return f"made by installed packages ({names}): allow for them in the budget"
     return f"none avoidable from the project: allow at least {recorder.total}"
 
 
-def _advice_lines(avoidable: list[Crossing]) -> list[str]:
+def _advice_lines(avoidable: list[tuple[Crossing, str]]) -> list[str]:
     advice = _advice_counts(avoidable)
     if not advice:
         return []
@@ -347,19 +398,13 @@ def _advice_lines(avoidable: list[Crossing]) -> list[str]:
     return lines + [f"  - {text} ({count}x)" for text, count in advice.items()]
 
 
-def _advice_counts(avoidable: list[Crossing]) -> dict[str, int]:
-    advice: dict[str, int] = {}
-    for crossing in avoidable:
-        text = _advice(crossing.origin, crossing.detail)
-        advice[text] = advice.get(text, 0) + 1
-    if _CROSSING_ADVICE["middleware"] in advice:
-        which = ", ".join(sync_only_middleware()) or "the middleware"
-        named = _CROSSING_ADVICE["middleware"].format(which=which)
-        advice = {
-            named if text == _CROSSING_ADVICE["middleware"] else text: count
-            for text, count in advice.items()
-        }
-    return advice
+def _advice_counts(avoidable: list[tuple[Crossing, str]]) -> dict[str, int]:
+    return dict(Counter(advice for _, advice in avoidable))
+
+
+def _named_middleware_advice() -> str:
+    which = ", ".join(sync_only_middleware()) or "the middleware"
+    return _CROSSING_ADVICE["middleware"].format(which=which)
 
 
 def _apart(names: list[str], text: str) -> list[str]:
@@ -369,31 +414,72 @@ def _apart(names: list[str], text: str) -> list[str]:
     return ["", text.format(count=len(names), names=", ".join(dict.fromkeys(names)))]
 
 
-_LONE_QUERY = " (and a request's one query is one hop however it is made)"
+_FLOORS = {"orm": "query", "user": "sync_to_async call"}
 
 
-def _queried(recorder: Recorder) -> bool:
-    return any(crossing.origin == "orm" for crossing in recorder)
+def _floor(batch: list[Crossing]) -> str:
+    """Whose one hop of sync work is left once ``batch`` is batched: a request's, or the test's
+    own (its body, outside any request)."""
+    whose = "the test's" if batch[0].request is None else "a request's"
+    return f"{whose} one {_FLOORS[batch[0].origin] if len(batch) == 1 else 'batch'}"
 
 
-def _sorted_out(recorder: Recorder) -> tuple[list[Crossing], list[str], list[str]]:
-    """The crossings the project could avoid; Django's own middleware behind the others (only
-    removable); the installed packages that made the others themselves."""
-    avoidable, djangos, packages = [], [], []
-    queries = Counter(c.request for c in recorder if c.origin == "orm")
+def _floor_text(floors: list[str]) -> str:
+    """Why a request's one hop of sync work is not called avoidable: nothing to batch it with."""
+    if not floors:
+        return ""
+    return f"{' or '.join(dict.fromkeys(floors))} is one hop however it is made"
+
+
+def _sorted_out(recorder: Recorder) -> _Sorted:
+    """The crossings the project could avoid, with their advice; whom the others are for."""
+    found = _Sorted([], [], [], [], [])
+    concurrent = {id(crossing) for crossing in ran_concurrently(recorder)}
+    batches: dict[str | None, list[Crossing]] = {}
     for crossing in recorder:
-        middleware = crossing.djangos_middleware
-        if middleware:
-            djangos.append(middleware)
+        if crossing.djangos_middleware:
+            found.djangos.append(crossing.djangos_middleware)
         elif crossing.package:
-            packages.append(crossing.package)
-        elif crossing.origin == "orm" and queries[crossing.request] == 1:
-            continue  # a request's one query is one hop however it is made: nothing to batch
+            found.packages.append(crossing.package)
+        elif crossing.installed_for:
+            found.installed.append(crossing.installed_for)
         elif crossing.origin == "async-api" and "(by Django's " in crossing.detail:
             continue  # a query Django's own async API makes (request.auser()): not the project's
-        elif crossing.origin not in ("handler", "test-client"):
-            avoidable.append(crossing)
-    return avoidable, djangos, packages
+        elif id(crossing) in concurrent:
+            found.avoidable.append((crossing, _CROSSING_ADVICE["concurrent"]))
+        elif _batchable(crossing):
+            batches.setdefault(crossing.request, []).append(crossing)
+        elif crossing.origin not in ("handler", "test-client") or _avoidable_stream(crossing):
+            found.avoidable.append((crossing, _named(_advice(crossing.origin, crossing.detail))))
+    for batch in batches.values():
+        found.avoidable.extend(_batched(batch))
+        found.floors.append(_floor(batch))
+    return found
+
+
+def _named(advice: str) -> str:
+    """The middleware advice names the project's sync-only middleware."""
+    return _named_middleware_advice() if advice == _CROSSING_ADVICE["middleware"] else advice
+
+
+def _batchable(crossing: Crossing) -> bool:
+    """A request's ORM hops and the project's own sync_to_async calls: all of them can run
+    in one function through one sync_to_async."""
+    return crossing.origin == "orm" or (
+        crossing.origin == "user" and crossing.direction == SYNC_TO_ASYNC
+    )
+
+
+def _avoidable_stream(crossing: Crossing) -> bool:
+    return crossing.origin == "handler" and crossing.detail.startswith("a streaming response's")
+
+
+def _batched(batch: list[Crossing]) -> list[tuple[Crossing, str]]:
+    """All but one of a request's batchable hops, with the advice that batches them: one hop
+    for all of a request's sync work is the floor, so the one left is not avoidable."""
+    origins = {crossing.origin for crossing in batch}
+    kind = "batch" if len(origins) > 1 else "orm" if origins == {"orm"} else "fold"
+    return [(crossing, _CROSSING_ADVICE[kind]) for crossing in batch[1:]]
 
 
 def costliest_requests(entries: Iterable[Entry], top: int = 5) -> list[str]:

@@ -98,7 +98,8 @@ class Judge:
         recorder = record.crossings if record else None
         if limit is None or recorder is None or recorder.total <= limit:
             return ""
-        summary = f"{recorder.total} sync/async crossings, more than the {limit} allowed"
+        plural = "" if recorder.total == 1 else "s"
+        summary = f"{recorder.total} sync/async crossing{plural}, more than the {limit} allowed"
         fix = report.crossings_fix(recorder)
         if self._marker_failure(item, findings.CROSSINGS, summary, fix):
             return report.crossings_text(recorder, limit, "in this test's call phase")

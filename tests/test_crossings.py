@@ -73,8 +73,9 @@ async def streams(request):
 """
 
 MIDDLEWARE = """
-from asgiref.sync import markcoroutinefunction
-from django.utils.decorators import sync_only_middleware
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.utils.decorators import sync_and_async_middleware, sync_only_middleware
+from django.utils.deprecation import MiddlewareMixin
 
 
 class _AsyncOnly:
@@ -146,6 +147,28 @@ def sync_three(get_response):
         return get_response(request)
 
     return middleware
+
+
+class Timing(MiddlewareMixin):  # async-capable, in sync mode above a sync-only one
+    def process_request(self, request):
+        request.timed = True
+
+
+@sync_and_async_middleware
+def both(get_response):
+    if iscoroutinefunction(get_response):
+        async def middleware(request):
+            return await get_response(request)
+    else:
+        def middleware(request):
+            return get_response(request)
+
+    return middleware
+
+
+class Audit(_AsyncOnly):  # no MiddlewareMixin: Django adapts its process_view to the mode
+    def process_view(self, request, view, args, kwargs):
+        return None
 """
 
 # Prints every crossing of a test as the failure text would list it; run with -s to read them.
@@ -1175,3 +1198,376 @@ def test_an_orm_hop_is_put_on_whoever_called_the_async_method(
     assert all("(by Django's " in line for line in asked), asked
     result.stdout.no_fnmatch_line("*batch the ORM work*")
     result.stdout.no_fnmatch_line("*avoidable:")  # auser() is the fix the plugin gives
+
+
+def failure_of(result: pytest.RunResult, test: str) -> str:
+    """The failure section of ``test`` in pytest's output: from its header to the next one."""
+    lines = result.stdout.lines
+    [start] = [n for n, line in enumerate(lines) if re.match(rf"^_+ {re.escape(test)} _+$", line)]
+    end = next(
+        (n for n in range(start + 1, len(lines)) if re.match(r"^(_{3,}|={3,}) ", lines[n])),
+        len(lines),
+    )
+    return "\n".join(lines[start:end])
+
+
+def fnmatch_in_order(text: str, patterns: list[str]) -> None:
+    lines = iter(text.splitlines())
+    for pattern in patterns:
+        assert any(fnmatch.fnmatchcase(line, pattern) for line in lines), (pattern, text)
+
+
+# -- middleware in sync mode, middleware hooks, and installed packages' middleware ---------------
+
+SYNC_MODE_TESTS = f"""
+import pytest
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_mixin_above(asgi_client, settings):
+    settings.MIDDLEWARE = ["{M}Timing", "{M}SyncOne"]
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_function_above(asgi_client, settings):
+    settings.MIDDLEWARE = ["{M}both", "{M}Timing", "{M}sync_one"]
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_plain_hook(asgi_client, settings):
+    settings.MIDDLEWARE = ["{M}Audit"]
+    assert (await asgi_client.get("/hello/")).status_code == 200
+"""
+
+
+def test_an_adapter_around_an_async_capable_middleware_names_the_sync_only_one_below(
+    django_project: DjangoProject,
+) -> None:
+    """Django puts every async-capable middleware above a sync-only one in sync mode, and its
+    adapter around the outermost: that one is named with the sync-only one that caused it
+    (trial: "mode adapter around CorsMiddleware" for WhiteNoise below it). A hook Django adapts
+    for a middleware that is no MiddlewareMixin is called a middleware hook, with its advice."""
+    project(django_project)
+    django_project.tests(SYNC_MODE_TESTS)
+    result = django_project.run()
+    result.assert_outcomes(failed=3)
+    fnmatch_in_order(
+        failure_of(result, "test_mixin_above"),
+        [
+            "  2. middleware: mode adapter around Timing (in sync mode for SyncOne below it) *",
+            "  3. middleware: mode adapter below SyncOne *",
+            "2 of them avoidable:",
+            "  - make SyncOne async-capable * (2x)",
+            "careful: Timing ran in sync mode beside the sync-only middleware*",
+        ],
+    )
+    fnmatch_in_order(
+        failure_of(result, "test_function_above"),
+        [
+            "  2. middleware: mode adapter around tproj.middleware.both.<locals>.middleware (in"
+            " sync mode for tproj.middleware.sync_one.<locals>.middleware below it) *",
+            "  3. middleware: mode adapter below tproj.middleware.*middleware *",
+            "  - make tproj.middleware.sync_one async-capable * (2x)",
+        ],
+    )
+    hook = failure_of(result, "test_plain_hook")
+    fnmatch_in_order(
+        hook,
+        [
+            "pytest-djasync: 3 sync/async crossings *",
+            "  2. middleware: Audit.process_view (middleware hook) [[]sync_to_async, *",
+            "1 of them avoidable:",
+            "  - make the hook a coroutine (async def process_view)* (1x)",
+        ],
+    )
+    assert "MiddlewareMixin" not in hook, hook
+
+
+CORSISH = """
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+
+class CorsMiddleware:  # as django-cors-headers: async-capable, either mode
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        return self.get_response(request)
+
+    async def __acall__(self, request):
+        return await self.get_response(request)
+"""
+
+WHITENOISEISH = """
+import pathlib
+
+from django.http import FileResponse
+
+
+class WhiteNoiseFileResponse(FileResponse):
+    pass
+
+
+class WhiteNoiseMiddleware:  # sync-only: no async_capable
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith("/static/"):
+            return WhiteNoiseFileResponse(open(pathlib.Path(__file__).parent / "app.css", "rb"))
+        return self.get_response(request)
+"""
+
+OTELISH = """
+class MiddlewareMixin:  # opentelemetry's own, not Django's: sync-only
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        self.process_request(request)
+        return self.get_response(request)
+
+
+class _DjangoMiddleware(MiddlewareMixin):
+    def process_request(self, request):
+        pass
+
+    def process_view(self, request, view, args, kwargs):
+        return None
+"""
+
+INSTALLED_VIEWS = """
+import pathlib
+
+from django.http import FileResponse, HttpResponse
+
+
+async def hello(request):
+    return HttpResponse("hello")
+
+
+async def download(request):
+    return FileResponse(open(pathlib.Path(__file__), "rb"))
+"""
+
+INSTALLED_TESTS = """
+import pytest
+
+STATIC = ["corsish.CorsMiddleware", "whitenoiseish.WhiteNoiseMiddleware"]
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_static(asgi_client, settings):
+    settings.MIDDLEWARE = STATIC
+    assert (await asgi_client.get("/static/app.css")).status_code == 200
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_through(asgi_client, settings):
+    settings.MIDDLEWARE = STATIC
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_traced(asgi_client, settings):
+    settings.MIDDLEWARE = ["otelish._DjangoMiddleware"]
+    assert (await asgi_client.get("/hello/")).status_code == 200
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_download(asgi_client):
+    assert (await asgi_client.get("/download/")).status_code == 200
+"""
+
+
+def test_installed_packages_middleware_and_responses_are_not_called_the_projects_to_fix(
+    django_project: DjangoProject,
+) -> None:
+    """Trial: WhiteNoise (sync-only) below django-cors-headers, opentelemetry's middleware
+    (its own MiddlewareMixin) and WhiteNoise's file responses. Their hops are listed apart as
+    installed packages' code, never as "make WhiteNoiseMiddleware async-capable"; a streaming
+    response's sync iterator is named, and avoidable when the project's view made it."""
+    project(django_project, "MIDDLEWARE = []\n")
+    django_project.views(INSTALLED_VIEWS)
+    files = {
+        "corsish/__init__.py": CORSISH,
+        "whitenoiseish/__init__.py": WHITENOISEISH,
+        "whitenoiseish/app.css": "body {}\n",
+        "otelish/__init__.py": OTELISH,
+    }
+    django_project.installed(files)
+    django_project.tests(INSTALLED_TESTS)
+    result = django_project.run("-W", "ignore::Warning")  # Django warns of the sync iterator
+    result.assert_outcomes(failed=4)
+    installed = "of them for installed packages' middleware or responses"
+    upgrade = "upgrade to a release that is async-capable, replace or remove it, or allow*"
+    static = failure_of(result, "test_static")
+    fnmatch_in_order(
+        static,
+        [
+            "  2. middleware: mode adapter around CorsMiddleware (in sync mode for"
+            " WhiteNoiseMiddleware below it) *",
+            "  3. handler: a streaming response's sync iterator read in a thread"
+            " (WhiteNoiseFileResponse, from whitenoiseish) [[]sync_to_async, thread_sensitive]*",
+            f"2 {installed} (WhiteNoiseMiddleware (whitenoiseish), WhiteNoiseFileResponse"
+            f" (whitenoiseish)): a package's code, not the project's to rewrite; {upgrade}",
+        ],
+    )
+    through = failure_of(result, "test_through")
+    fnmatch_in_order(
+        through,
+        [
+            "  3. middleware: mode adapter below WhiteNoiseMiddleware *",
+            f"2 {installed} (WhiteNoiseMiddleware (whitenoiseish)): *",
+        ],
+    )
+    traced = failure_of(result, "test_traced")
+    fnmatch_in_order(
+        traced,
+        [
+            "  4. middleware: _DjangoMiddleware.process_view (middleware hook) *",
+            f"3 {installed} (_DjangoMiddleware (otelish)): *",
+        ],
+    )
+    for text in (static, through, traced):
+        assert "avoidable:" not in text, text
+        assert "async-capable (" not in text, text  # no "make WhiteNoiseMiddleware async-..."
+        assert "careful:" not in text, text
+    fnmatch_in_order(
+        failure_of(result, "test_download"),
+        [
+            "  2. handler: a streaming response's sync iterator read in a thread (FileResponse) *",
+            "1 of them avoidable:",
+            "  - give the streaming response an async iterator (an async generator)* (1x)",
+        ],
+    )
+
+
+# -- the project's sync work: concurrent calls, and one hop per request as the floor -------------
+
+SYNC_WORK_VIEWS = """
+import asyncio
+
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse
+
+from tproj.models import Item
+
+
+def sdk_call(n):
+    return n
+
+
+def helper():
+    return Item.objects.count()
+
+
+async def fanned(request):
+    calls = [sync_to_async(sdk_call, thread_sensitive=False)(n) for n in range(3)]
+    return HttpResponse(str(sum(await asyncio.gather(*calls))))
+
+
+async def serial(request):
+    total = 0
+    for n in range(3):
+        total += await sync_to_async(sdk_call, thread_sensitive=False)(n)
+    return HttpResponse(str(total))
+
+
+async def mixed(request):
+    names = [item.name async for item in Item.objects.all()]
+    extra = await sync_to_async(helper)()
+    count = await Item.objects.acount()
+    return HttpResponse(f"{names} {extra} {count}")
+
+
+async def batched(request):
+    return HttpResponse(str(await sync_to_async(helper)()))
+"""
+
+SYNC_WORK_TESTS = """
+import pytest
+from asgiref.sync import sync_to_async
+
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.parametrize("view", ["fanned", "serial", "mixed", "batched"])
+@pytest.mark.asyncio
+async def test_view(asgi_client, transactional_db, view):
+    assert (await asgi_client.get(f"/{view}/")).status_code == 200
+
+
+@pytest.mark.djasync_max_crossings(0)
+@pytest.mark.asyncio
+async def test_one(transactional_db):
+    assert await sync_to_async(int)() == 0
+"""
+
+
+def test_a_requests_sync_work_is_one_hop_at_least_and_concurrent_calls_are_not_folded(
+    django_project: DjangoProject,
+) -> None:
+    """Trial: three gathered sync_to_async(..., thread_sensitive=False) calls were told to
+    fold into one, which serializes them; a view's `async for`, sync_to_async(helper) and
+    acount() were told "batch the ORM work (2x); fold consecutive sync_to_async calls (1x)",
+    though batching all of it leaves one hop, which is then no call to fold."""
+    project(django_project, "MIDDLEWARE = []\n")
+    django_project.views(SYNC_WORK_VIEWS)
+    django_project.tests(SYNC_WORK_TESTS)
+    result = django_project.run()
+    result.assert_outcomes(failed=5)
+    fanned = failure_of(result, "test_view[fanned]")
+    fnmatch_in_order(
+        fanned,
+        [
+            "pytest-djasync: 5 sync/async crossings *",
+            "3 of them avoidable:",
+            "  - sync_to_async calls that ran concurrently (thread_sensitive=False): folding them"
+            " would run them one after the other; make what they wrap async * (3x)",
+        ],
+    )
+    assert "fold consecutive" not in fanned, fanned
+    fnmatch_in_order(
+        failure_of(result, "test_view[serial]"),
+        ["2 of them avoidable:", "  - fold consecutive sync_to_async calls * (2x)"],
+    )
+    mixed = failure_of(result, "test_view[mixed]")
+    fnmatch_in_order(
+        mixed,
+        [
+            "pytest-djasync: 5 sync/async crossings *",
+            "2 of them avoidable:",
+            "  - run the ORM work and the sync calls in one function called through one"
+            " sync_to_async(...)* (2x)",
+        ],
+    )
+    assert "fold consecutive" not in mixed, mixed
+    assert "batch the ORM work" not in mixed, mixed
+    batched = failure_of(result, "test_view[batched]")
+    fnmatch_in_order(
+        batched,
+        [
+            "none of them avoidable from the project: Django's handler and the test client pay"
+            " these on every request (and a request's one sync_to_async call is one hop however"
+            " it is made); allow at least 3",
+        ],
+    )
+    assert "fold consecutive" not in batched, batched
+    fnmatch_in_order(
+        failure_of(result, "test_one"),
+        [
+            "pytest-djasync: 1 sync/async crossing in this test's call phase, more than the 0*",
+            "it is not avoidable from the project: the test's one sync_to_async call is one hop"
+            " however it is made; allow at least 1",
+        ],
+    )
