@@ -187,7 +187,6 @@ class WatchHooks:
     ) -> None:
         """Fail the phase that just ended with every problem found in it; when the test failed
         on its own, or in warn mode, attach them to its report instead."""
-        __tracebackhide__ = True  # a failure or a note made an error shows the test, not us
         expects = when == "call" and (plan.max_crossings is not None or plan.fanout is not None)
         if not (expects or self.watch.has_news()):
             return
@@ -199,7 +198,10 @@ class WatchHooks:
             return
         for note in phase.notes:
             with spared_from_blanket_errors(note):
-                item.warn(DjasyncWarning(note))
+                try:
+                    item.warn(DjasyncWarning(note))
+                except DjasyncWarning as error:  # a filter naming it made it an error
+                    pytest.fail(f"{_WARNING}: {error}", pytrace=False)  # the test's, not ours
         if not phase.text:
             return
         warned = self.settings.mode.value == "warn" and not _expects_our_failure(item)
@@ -353,6 +355,9 @@ class WatchHooks:
             return []
         used = {v.get("allowed_by") for entry in entries for v in entry["violations"]}
         return [p for p in self.settings.allow.value if p not in used]
+
+
+_WARNING = f"{DjasyncWarning.__module__}.{DjasyncWarning.__qualname__}"
 
 
 def _expects_our_failure(item: pytest.Item) -> bool:

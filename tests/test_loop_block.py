@@ -1229,8 +1229,9 @@ def test_a_note_is_not_made_an_error_by_a_blanket_error_filter(
     named = "error::pytest_djasync.errors.DjasyncWarning"
     strict = django_project.run("--djasync", "--djasync-block-ms=50", "-W", named)
     strict.assert_outcomes(failed=1)
-    strict.stdout.fnmatch_lines(["E   pytest_djasync.errors.DjasyncWarning: *not counted*"])
+    strict.stdout.fnmatch_lines(["pytest_djasync.errors.DjasyncWarning: *not counted*"])
     assert "watching.py" not in strict.stdout.str()  # the test's failure, not the plugin's code
+    assert "traceback entries are hidden" not in strict.stdout.str()
 
 
 def assert_watchdog_starved(result: pytest.RunResult) -> None:

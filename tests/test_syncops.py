@@ -172,6 +172,7 @@ def test_failure_names_the_relation_not_a_500(django_project: DjangoProject) -> 
             "*fix: fetch it with the query: .select_related('author')*",
         ]
     )
+    assert "traceback entries are hidden" not in result.stdout.str()  # the text alone
 
 
 def test_unsafe_mode_is_warned_about_in_the_header(
