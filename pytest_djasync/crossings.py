@@ -210,15 +210,19 @@ _running: contextvars.ContextVar[Crossing | None] = contextvars.ContextVar(
 _ticks = itertools.count(1)
 
 
-async def _awaited(crossing: Crossing, call: Awaitable[Any]) -> Any:
-    """A sync_to_async call awaited as ``crossing``: what it runs knows it, and it ends."""
+async def _awaited(crossing: Crossing, call: Callable[[], Awaitable[Any]]) -> Any:
+    """A sync_to_async call awaited as ``crossing``: what it runs knows it, and it ends. The
+    call's coroutine is made here, so one never awaited warns once, under asgiref's name."""
     __tracebackhide__ = True  # the call's own error is shown from the user's line
     token = _running.set(crossing)
     try:
-        return await call
+        return await call()
     finally:
         _running.reset(token)
         crossing.end = next(_ticks)
+
+
+_awaited.__qualname__ = "SyncToAsync.__call__"  # what "never awaited" names: the user's call
 
 
 def _called(crossing: Crossing, call: Callable[[], Any]) -> Any:
@@ -251,7 +255,7 @@ def _counting_sync_to_async(original: Callable[..., Any]) -> Callable[..., Any]:
         if _recorders and id(__call__) in _shared.wrappers:  # live, not a stale one restored
             if _explaining:  # only then the extra coroutine that times it
                 crossing = _record(SYNC_TO_ASYNC, self, self.func, sys._getframe(1))
-                return _awaited(crossing, original(self, *args, **kwargs))
+                return _awaited(crossing, functools.partial(original, self, *args, **kwargs))
             _count()
         return original(self, *args, **kwargs)
 
