@@ -81,7 +81,7 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
     reader: FrameType | None = None  # a package's frame that read the lazy attribute
     while frame is not None and not findings.is_user_path(frame.f_code.co_filename):
         code = frame.f_code
-        if lazy is not None and reader is None and not _in_django(code.co_filename):
+        if lazy is not None and reader is None and not _in_django(frame):
             reader = frame
         if maker is None and not _in_the_database_layer(code.co_filename):
             maker = frame
@@ -187,8 +187,11 @@ def _lazy_request_attribute(code: CodeType) -> tuple[str, str] | None:
     return None
 
 
-def _in_django(path: str) -> bool:
-    return f"{os.sep}django{os.sep}" in path
+def _in_django(frame: FrameType) -> bool:
+    """Django's own code, by module: a package's Django integration lives in a ``django``
+    directory too (``sentry_sdk/integrations/django/``)."""
+    module = str(frame.f_globals.get("__name__", ""))
+    return module == "django" or module.startswith("django.")
 
 
 def _read_by_a_package(reader: FrameType, what: str) -> str:
