@@ -146,27 +146,40 @@ class Collector:
 
 
 def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
-    """The first pattern a frame of ``stack`` matches. A library's frame counts only below the
-    project's innermost one: a middleware or a wrapper of an installed package (a toolbar, an
-    error tracker) is on every request's stack, and its pattern must not excuse the views it
-    calls. A frame of the project's own code excuses everything it calls."""
+    """The pattern that matches the innermost frame of ``stack`` it may: the most specific.
+
+    A frame of the project's own code excuses everything it calls. A library's frame counts
+    only from the finding's location in (the project's innermost frame; without one, the
+    innermost frame of a package other than Django's; without that either, anywhere): a
+    middleware or a wrapper of an installed package (a toolbar, an error tracker) is on every
+    request's stack, and its pattern must not excuse the views it calls, nor another
+    package's code.
+    """
     if not patterns:
         return None
-    innermost_own = max((d for d, f in enumerate(stack) if is_user_path(f.path)), default=-1)
-    for pattern in patterns:
-        module_pat, _, func_pat = pattern.partition(":")
-        for depth, frame in enumerate(stack):
-            short = frame.function.rpartition(".")[2]
-            if (
-                fnmatch.fnmatchcase(frame.module, module_pat)
-                and (
-                    fnmatch.fnmatchcase(frame.function, func_pat)
-                    or fnmatch.fnmatchcase(short, func_pat)
-                )
-                and (depth >= innermost_own or is_user_path(frame.path))
+    start = _blamed_depth(stack)
+    for depth in range(len(stack) - 1, -1, -1):
+        frame = stack[depth]
+        if depth < start and not is_user_path(frame.path):
+            continue
+        short = frame.function.rpartition(".")[2]
+        for pattern in patterns:
+            module_pat, _, func_pat = pattern.partition(":")
+            if fnmatch.fnmatchcase(frame.module, module_pat) and (
+                fnmatch.fnmatchcase(frame.function, func_pat)
+                or fnmatch.fnmatchcase(short, func_pat)
             ):
                 return pattern
     return None
+
+
+def _blamed_depth(stack: Stack) -> int:
+    """Where in ``stack`` a finding's blame starts: see _allowing_pattern."""
+    for belongs in (is_user_path, _third_party):
+        depths = [depth for depth, frame in enumerate(stack) if belongs(frame.path)]
+        if depths:
+            return depths[-1]
+    return 0
 
 
 #: The request being served, as ``"GET /path/"``, set by the ASGI entry points the plugin knows.

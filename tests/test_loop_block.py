@@ -2328,9 +2328,25 @@ def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it
     django_project: DjangoProject,
 ) -> None:
     """A toolbar's or an error tracker's middleware is on every request's stack (trial: with
-    `debug_toolbar.*:*` allowed, every planted bug of the project passed)."""
+    `debug_toolbar.*:*` allowed, every planted bug of the project passed; with an error
+    tracker's pattern listed first, it excused the toolbar's own blocking, and the toolbar's
+    pattern was called unused)."""
     django_project.installed(
         {
+            "outerkit/__init__.py": """
+                from asgiref.sync import markcoroutinefunction
+
+                class Outer:  # an error tracker's: around everything
+                    def __init__(self, get_response):
+                        self.get_response = get_response
+                        markcoroutinefunction(self)
+
+                    async def __call__(self, request):
+                        return await self.get_response(request)
+
+                    async_capable = True
+                    sync_capable = False
+                """,
             "wrapkit/__init__.py": "",
             "wrapkit/middleware.py": """
                 import time
@@ -2352,7 +2368,7 @@ def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it
                 """,
         }
     )
-    django_project.settings('MIDDLEWARE = ["wrapkit.middleware.Wrap"]')
+    django_project.settings('MIDDLEWARE = ["outerkit.Outer", "wrapkit.middleware.Wrap"]')
     django_project.views(
         """
         import time
@@ -2367,7 +2383,7 @@ def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it
             return HttpResponse("ok")
         """
     )
-    django_project.ini("djasync_allow =\n    wrapkit.*:*\n    tproj.views:own")
+    django_project.ini("djasync_allow =\n    outerkit:*\n    wrapkit.*:*\n    tproj.views:own")
     django_project.tests(
         """
         import pytest
@@ -2388,6 +2404,7 @@ def test_an_installed_packages_pattern_excuses_its_own_blocking_not_the_views_it
     [slow] = violations(report, "test_slow")
     assert slow["allowed_by"] is None
     assert slow["location"]["function"] == "slow"
+    result.stdout.fnmatch_lines(["*djasync_allow pattern 'outerkit:*' matched no finding*"])
     result.stdout.fnmatch_lines(["*djasync_allow pattern 'tproj.views:own' matched no finding*"])
 
 
