@@ -15,10 +15,11 @@ one thread that uses the main thread's connection objects, the way Django's
   and in ``database_sync_to_async``);
 * ``CaptureQueriesContext`` (behind pytest-django's ``django_assert_num_queries``) opens on
   the database thread when entered on the loop, where Django forbids touching the connection;
-* ``TestCase.captureOnCommitCallbacks`` (behind ``django_capture_on_commit_callbacks``) reads
-  the shared connections' callbacks when entered on the loop, whose own connections (asgiref
-  keeps one per async context) never see them. It is replaced for the whole session, as the
-  fixture hands it out before or after the test's database set-up.
+* ``TestCase.captureOnCommitCallbacks`` (behind ``django_capture_on_commit_callbacks``) is
+  entered and left on the database thread when entered on the loop, whose own connections
+  (asgiref keeps one per async context) never see the callbacks; ``execute=True`` runs them
+  there, where on_commit would. It is replaced for the whole session, as the fixture hands it
+  out before or after the test's database set-up.
 
 ``thread_sensitive=False`` work keeps running in other threads with connections of their own,
 as in production. Everything is undone when the test ends.
@@ -108,36 +109,50 @@ class DatabaseThread:
         On the loop Django forbids opening the connection, and ``django.db.connection`` would
         name the loop's own connection, not the shared one: bind the shared one, then enter.
         """
-        executor = self._executor
 
         @functools.wraps(enter)
         def __enter__(context: Any) -> Any:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
+            if not _on_a_loop():
                 return enter(context)
-            # The test's own set-up, a moment's wait, which the guard's `wait` group would
-            # report as the loop waiting on a thread: waited for on an Event, out of its sight.
-            entered = executor.submit(_bind_and_enter, enter, context)
-            done = threading.Event()
-            entered.add_done_callback(lambda _: done.set())
-            done.wait()
-            return entered.result()
+            return self._run_here(functools.partial(_bind_and_enter, enter, context))
 
         return __enter__
 
+    def _run_here(self, call: Callable[[], Any]) -> Any:
+        """``call()`` on this thread, waited for by the loop. The test's own set-up or
+        tear-down, a moment's wait, which the guard's `wait` group would report as the loop
+        waiting on a thread: waited for on an Event, out of its sight."""
+        ran = self._executor.submit(call)
+        done = threading.Event()
+        ran.add_done_callback(lambda _: done.set())
+        done.wait()
+        return ran.result()
+
     def _captured_here(self, capture: Callable[..., Any]) -> Callable[..., Any]:
         """``captureOnCommitCallbacks`` that, on a running loop while a test shares its
-        connections, reads them: the test's callbacks are registered on the database thread."""
+        connections, is entered and left on this thread: the test's callbacks are registered
+        on its connection, and ``execute=True`` runs them where on_commit would (sending mail
+        or querying, which on the loop would be the test's blocking call)."""
 
         @contextlib.contextmanager
         def captureOnCommitCallbacks(cls: type, **options: Any) -> Iterator[list[Any]]:
             alias = options.get("using", "default")  # Django's DEFAULT_DB_ALIAS
-            connection = self._shared.get(alias)
-            on_loop = connection is not None and _on_a_loop()
-            binding = _bound(alias, connection) if on_loop else contextlib.nullcontext()
-            with binding, capture(cls, **options) as callbacks:
+            if alias not in self._shared or not _on_a_loop():
+                with capture(cls, **options) as callbacks:
+                    yield callbacks
+                return
+            context = capture(cls, **options)
+            callbacks = self._run_here(context.__enter__)
+            try:
                 yield callbacks
+            except BaseException as error:
+                leave = functools.partial(
+                    context.__exit__, type(error), error, error.__traceback__
+                )
+                if not self._run_here(leave):
+                    raise
+            else:
+                self._run_here(functools.partial(context.__exit__, None, None, None))
 
         functools.update_wrapper(captureOnCommitCallbacks, capture)
         return captureOnCommitCallbacks
@@ -163,19 +178,6 @@ def _on_a_loop() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-@contextlib.contextmanager
-def _bound(alias: str, connection: Any) -> Iterator[None]:
-    """The current async context's ``connections[alias]`` is ``connection`` meanwhile."""
-    from django.db import connections
-
-    own = connections[alias]
-    connections[alias] = connection
-    try:
-        yield
-    finally:
-        connections[alias] = own
 
 
 def _kept_open() -> None:

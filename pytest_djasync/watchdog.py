@@ -673,13 +673,26 @@ def _hashing_fix(stack: Stack) -> str:
     fast. Thread-sensitive, so that what the call writes stays in the test's transaction."""
     called = _django_call(stack)
     where = f" in Django's {called}" if called else ""
+    name = called.rpartition(".")[2] if called else ""
+    twin = _SYNC_TWINS.get(name, "User.objects.create_user")
     return (
         f"password hashing (slow on purpose) ran on the loop{where}: call the sync version in"
-        " sync_to_async, e.g. await sync_to_async(User.objects.create_user)(...) (thread-"
-        "sensitive, the default, so its queries stay in a test's transaction); in tests, use"
-        " a fast hasher, PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher'],"
-        " or log in with force_login/aforce_login, which hashes nothing"
+        f" sync_to_async, e.g. await sync_to_async({twin})(...) (thread-sensitive, the"
+        " default, so its queries stay in a test's transaction); in tests, use a fast hasher,"
+        " PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher'], or log in"
+        " with force_login/aforce_login, which hashes nothing"
     )
+
+
+# Django's async auth methods that hash, and the sync call to hand to sync_to_async instead
+_SYNC_TWINS = {
+    "acreate_user": "User.objects.create_user",
+    "acreate_superuser": "User.objects.create_superuser",
+    "alogin": "client.login",
+    "aauthenticate": "authenticate",
+    "acheck_password": "user.check_password",
+    "aset_password": "user.set_password",
+}
 
 
 def _django_call(stack: Stack) -> str | None:

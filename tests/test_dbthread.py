@@ -29,6 +29,7 @@ async def add(request):
 TESTS = """
 import pytest
 from asgiref.sync import sync_to_async
+from django.core import mail
 from django.db import transaction
 from django.test import AsyncClient
 
@@ -77,10 +78,16 @@ async def test_5_num_queries_sees_the_views_queries(
 @pytest.mark.asyncio(loop_scope=LOOP)
 async def test_6_on_commit_callbacks_are_captured(django_capture_on_commit_callbacks, db):
     # the fixture before `db`: it hands out the method before the test's database set-up
-    with django_capture_on_commit_callbacks() as callbacks:
+    def notify():  # sync work, as on_commit runs it: mail (a DNS look-up at first), a query
+        mail.send_mail("subject", "body", "from@example.com", ["to@example.com"])
+        Item.objects.create(name="from-the-callback")
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
         await Item.objects.acreate(name="x")
-        await sync_to_async(transaction.on_commit)(lambda: None)
+        await sync_to_async(transaction.on_commit)(notify)
     assert len(callbacks) == 1
+    assert len(mail.outbox) == 1
+    assert await Item.objects.acount() == 2
 """
 
 

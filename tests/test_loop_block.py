@@ -2449,17 +2449,36 @@ def test_password_hashing_on_the_loop_is_told_how_to_hash_off_it(
     django_project.tests(
         """
         import pytest
+        from asgiref.sync import sync_to_async
         from django.contrib.auth.models import User
 
         @pytest.mark.asyncio
         async def test_make_user(db):
             await User.objects.acreate_user("ada", password="a long enough password")
+
+        @pytest.mark.asyncio
+        async def test_follow_the_fix(db):
+            await sync_to_async(User.objects.create_user)("ada", password="a long password")
         """
     )
     result, report = django_project.report()
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(passed=1, failed=1)
     [stall] = [v for v in violations(report, "test_make_user") if v["kind"] == "stall"]
     assert stall["location"]["function"] == "test_make_user"
     assert re.search(r"password hashing .* in Django's (UserManager\.)?acreate_user", stall["fix"])
     assert "sync_to_async(User.objects.create_user)" in stall["fix"]
     assert "MD5PasswordHasher" in stall["fix"]
+
+
+def test_password_hashing_in_alogin_is_told_the_sync_login() -> None:
+    """Django 5.x's alogin hashes on the loop too; its sync twin is the client's login, not
+    create_user (re-check of the trial)."""
+    site = "/srv/app/.venv/lib/python3.11/site-packages"
+    stack = (
+        findings.Frame("/srv/app/tests/test_login.py", 9, "test_login", "tests.test_login"),
+        findings.Frame(f"{site}/django/test/client.py", 1, "ClientMixin.alogin", "django.test"),
+        findings.Frame(f"{site}/django/contrib/auth/hashers.py", 1, "verify_password", "x"),
+    )
+    fix = watchdog.stall_fix(stack)
+    assert "in Django's ClientMixin.alogin" in fix
+    assert "await sync_to_async(client.login)(...)" in fix
