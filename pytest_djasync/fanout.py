@@ -47,7 +47,7 @@ _IN_PROCESS = (httpx.ASGITransport, httpx.WSGITransport, ASGIStreamingTransport)
 _perf = time.perf_counter
 
 _SENT_FROM_DEPTH = 3  # the project's frames kept per call: the helper, its caller, theirs
-Outcome = Literal["ok", "cancelled", "failed"]
+Outcome = Literal["ok", "cancelled", "failed", "unfinished"]
 
 
 @dataclasses.dataclass
@@ -62,7 +62,9 @@ class Call:
     location: findings.Frame | None
     queued: float = 0.0  # seconds from send() until it had a connection (httpcore only)
     sent_from: findings.Stack = ()  # the project's frames of the sending stack, innermost first
-    outcome: Outcome = "ok"  # "cancelled" or "failed": its end is when that happened
+    # "cancelled" or "failed": its end is when that happened; "unfinished": still in flight
+    # when the recording stopped (a task the test left running), counted until then
+    outcome: Outcome = "ok"
     # Answered before its task let the loop run anything else (async only): no I/O, no timer,
     # as a mock without a delay answers. Such calls cannot overlap, whatever the code does.
     at_once: bool = False
@@ -87,10 +89,20 @@ class Recorder:
     def __init__(self, root: Path | None = None) -> None:
         self.calls: list[Call] = []
         self.root = root
+        self.stopped: float | None = None  # when it stopped recording
 
     @property
     def finished(self) -> list[Call]:
-        return [call for call in self.calls if call.end is not None]
+        """The calls that ended, and, once it stopped, those still in flight then: a gather
+        that raised on its first failure leaves its other calls running."""
+        stopped = self.stopped
+        return [
+            call
+            if call.end is not None
+            else dataclasses.replace(call, end=stopped, outcome="unfinished")
+            for call in self.calls
+            if call.end is not None or stopped is not None
+        ]
 
     @property
     def peak_concurrency(self) -> int:
@@ -592,6 +604,7 @@ def stop(recorder: Recorder) -> None:
         if recorder in _recorders:
             _recorders.remove(recorder)
         _shared.release(recorder)
+    recorder.stopped = _perf()
 
 
 def pin(owner: object) -> None:

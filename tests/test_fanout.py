@@ -984,3 +984,39 @@ def test_cancelled_and_failed_calls_count_and_are_marked(project: DjangoProject)
         """
     )
     project.run().assert_outcomes(passed=1)
+
+
+def test_calls_still_in_flight_when_the_test_ends_count_until_then(
+    project: DjangoProject,
+) -> None:
+    """A gather raises on its first failure and leaves its other calls running: they were in
+    flight together, and the test ended with them unfinished (re-check: "saw 1", and only the
+    failed call drawn)."""
+    project.tests(
+        """
+        import asyncio
+
+        import httpx
+        import pytest
+
+        from pytest_djasync import latency
+
+        TLS = httpx.create_ssl_context()
+
+        @pytest.fixture
+        def services(respx_mock):
+            respx_mock.get("https://api.test/c").mock(side_effect=httpx.ConnectError("refused"))
+            respx_mock.route(host="api.test").mock(side_effect=latency(30))
+
+        @pytest.mark.asyncio
+        @pytest.mark.djasync_fanout(3)
+        async def test_left_running(services):
+            client = httpx.AsyncClient(verify=TLS)
+            with pytest.raises(httpx.ConnectError):
+                await asyncio.gather(*(client.get(f"https://api.test/{n}") for n in "abc"))
+        """
+    )
+    result, report = project.report()
+    result.assert_outcomes(passed=1)
+    [entry] = report["tests"]
+    assert entry["fanout"] == {"requests": 3, "peak_concurrency": 3}
