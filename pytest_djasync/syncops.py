@@ -205,7 +205,8 @@ def _read_by_a_package(reader: FrameType, what: str) -> str:
     load = (
         "await request.session.aget(...) (Django 5.1+)"
         if attribute == "request.session"
-        else "request.user = await request.auser() (Django 5.0+)"
+        else "request.user = await request.auser() (Django 5.0+; before it, await"
+        " sync_to_async(lambda: request.user.is_authenticated)(), which loads it in a thread)"
     )
     return (
         f"{package}'s {name}() read {attribute} on the loop, not your code (a package may catch"
