@@ -237,6 +237,19 @@ def _one_task(calls: list[Call]) -> str | None:
     )
 
 
+def _sync_in_turn(calls: list[Call]) -> str | None:
+    """Sync calls only, none beside another: one thread made them in turn (a loop in one
+    sync_to_async function)."""
+    if any(c.is_async for c in calls) or _peak(calls) > 1:
+        return None
+    return (
+        "the sync calls were made one after another (one thread sends one request at a"
+        " time); send them from threads of their own, sync_to_async(func,"
+        f" thread_sensitive=False) for each, started together with {TOGETHER}, or use an"
+        " httpx.AsyncClient"
+    )
+
+
 def _tasks_in_turn(calls: list[Call]) -> str | None:
     tasks = {c.task for c in calls if c.is_async}
     if len(tasks) < 2 or _peak(calls) > 1:
@@ -324,6 +337,7 @@ _CAUSES: tuple[Callable[[list[Call]], str | None], ...] = (
     _thread_sensitive,
     _pool_wait,
     _one_task,
+    _sync_in_turn,
     _tasks_in_turn,
     _capped,
     _retried,

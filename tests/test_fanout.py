@@ -1020,3 +1020,27 @@ def test_calls_still_in_flight_when_the_test_ends_count_until_then(
     result.assert_outcomes(passed=1)
     [entry] = report["tests"]
     assert entry["fanout"] == {"requests": 3, "peak_concurrency": 3}
+
+
+def test_sync_calls_made_in_turn_are_told_so(project: DjangoProject) -> None:
+    """A loop of sync calls in one thread was told it was "left out of the gather" (re-check)."""
+    project.tests(
+        """
+        import httpx
+        import pytest
+
+        from pytest_djasync import latency
+
+        def test_in_turn(respx_mock, djasync_fanout):
+            respx_mock.route(host="api.test").mock(side_effect=latency(0.05))
+            with httpx.Client() as client:
+                for n in "abc":
+                    client.get(f"https://api.test/{n}")
+            with pytest.raises(AssertionError) as failure:
+                djasync_fanout.assert_concurrent(3)
+            assert "likely cause: the sync calls were made one after another" in str(
+                failure.value
+            )
+        """
+    )
+    project.run().assert_outcomes(passed=1)
