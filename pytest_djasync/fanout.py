@@ -27,7 +27,6 @@ import itertools
 import math
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any, Literal
 
 import httpx
 
-from pytest_djasync import findings, patching
+from pytest_djasync import _clock, findings, patching
 from pytest_djasync.client import ASGIStreamingTransport
 
 # asyncio.TaskGroup is Python 3.11+.
@@ -44,7 +43,7 @@ TOGETHER = "asyncio.gather(...)" + (
 )
 
 _IN_PROCESS = (httpx.ASGITransport, httpx.WSGITransport, ASGIStreamingTransport)
-_perf = time.perf_counter
+_perf = _clock.perf_counter
 
 _SENT_FROM_DEPTH = 3  # the project's frames kept per call: the helper, its caller, theirs
 Outcome = Literal["ok", "cancelled", "failed", "unfinished"]

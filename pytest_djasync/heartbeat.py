@@ -14,13 +14,12 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from pytest_djasync import findings, patching
+from pytest_djasync import _clock, findings, patching
 
-_perf = time.perf_counter
+_perf = _clock.perf_counter
 _MAX_SAMPLES = 200
 _AGREEMENT = 0.6  # the share of samples one user location needs to be called the stall's
 

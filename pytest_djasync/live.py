@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import weakref
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+from pytest_djasync import _clock
 from pytest_djasync.client import ASGIApp, Receive, Scope, Send, django_asgi_app
 from pytest_djasync.findings import served, serving
 
@@ -163,8 +163,8 @@ class LiveServer:
         server, thread = self._server, self._thread
         assert server is not None
         assert thread is not None
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        deadline = _clock.monotonic() + _START_TIMEOUT_S
+        while not server.started and thread.is_alive() and _clock.monotonic() < deadline:
             thread.join(0.01)  # returns at once if the thread ends
         if not server.started:
             self._shut_down()

@@ -33,10 +33,10 @@ import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pytest_djasync import findings, heartbeat
+from pytest_djasync import _clock, findings, heartbeat
 from pytest_djasync.findings import Finding, Stack
 
-_perf = time.perf_counter
+_perf = _clock.perf_counter
 _thread_time = time.thread_time
 _process_time = time.process_time
 _MAX_SAMPLES = 200
@@ -169,7 +169,9 @@ _QUIET: dict[str, types.CodeType] = dict(
 _CANCEL_CHECK = _cancel_check[1] if _cancel_check is not None else None
 
 
-def _timed_run(self: asyncio.Handle) -> None:
+# The real perf_counter as a default: as fast as a global, and out of freezegun's sight (see
+# _clock), which would otherwise swap it for its fake in this module while a freeze is on.
+def _timed_run(self: asyncio.Handle, _perf: Callable[[], float] = time.perf_counter) -> None:
     if not _enabled:
         return _original_run(self)
     callback = self._callback  # type: ignore[attr-defined]

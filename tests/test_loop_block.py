@@ -2484,3 +2484,62 @@ def test_password_hashing_in_alogin_is_told_the_sync_login() -> None:
     fix = watchdog.stall_fix(stack)
     assert "in Django's ClientMixin.alogin" in fix
     assert "await sync_to_async(client.login)(...)" in fix
+
+
+def test_a_frozen_clock_does_not_blind_the_watchdog(django_project: DjangoProject) -> None:
+    """freezegun swaps every module attribute that is a real clock for its fake while a freeze
+    is on (trial: a 300 ms stall under freeze_time passed unseen, a blocking call took "0 ms",
+    and a clean test was told the loop was off the CPU for 54 years)."""
+    pytest.importorskip("freezegun")
+    django_project.tests(
+        """
+        import asyncio
+        import time
+
+        import httpx
+        import pytest
+        from freezegun import freeze_time
+
+        from pytest_djasync import latency
+
+        TLS = httpx.create_ssl_context()
+
+        def _spin(seconds):  # CPU seconds: freezegun leaves the thread's CPU clock alone
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
+                pass
+
+        @pytest.mark.asyncio
+        async def test_stall():
+            with freeze_time("2024-01-01"):
+                _spin(0.3)
+                await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_sleep():
+            with freeze_time("2024-01-01"):
+                time.sleep(0.15)
+
+        @pytest.mark.asyncio
+        async def test_clean():
+            with freeze_time("2024-01-01"):
+                await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        @pytest.mark.djasync_fanout(3)
+        async def test_fanout(respx_mock):
+            respx_mock.route(host="api.test").mock(side_effect=latency(0.05))
+            with freeze_time("2024-01-01", real_asyncio=True):
+                async with httpx.AsyncClient(verify=TLS) as client:
+                    await asyncio.gather(*(client.get(f"https://api.test/{n}") for n in "abc"))
+        """
+    )
+    result, report = django_project.report("-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=2)
+    [stall] = violations(report, "test_stall")
+    assert stall["kind"] == "stall"
+    assert stall["duration_ms"] >= 200, stall
+    [sleep] = violations(report, "test_sleep")
+    assert sleep["what"] == "time.sleep"
+    assert sleep["duration_ms"] >= 100, sleep
+    assert "DjasyncWarning" not in result.stdout.str()
