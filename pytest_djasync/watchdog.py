@@ -169,9 +169,7 @@ _QUIET: dict[str, types.CodeType] = dict(
 _CANCEL_CHECK = _cancel_check[1] if _cancel_check is not None else None
 
 
-# The real perf_counter as a default: as fast as a global, and out of freezegun's sight (see
-# _clock), which would otherwise swap it for its fake in this module while a freeze is on.
-def _timed_run(self: asyncio.Handle, _perf: Callable[[], float] = time.perf_counter) -> None:
+def _timed_run(self: asyncio.Handle) -> None:
     if not _enabled:
         return _original_run(self)
     callback = self._callback  # type: ignore[attr-defined]
