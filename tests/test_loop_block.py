@@ -1144,38 +1144,39 @@ def test_a_step_spent_in_a_reported_blocking_call_gets_no_note(
     assert all(int(ms) < 200 for ms in notes), notes
 
 
+GIL_HOG = """
+import asyncio
+import threading
+import time
+
+import pytest
+
+@pytest.mark.asyncio
+async def test_loop_waits_for_the_gil():
+    stop = threading.Event()
+
+    def hog():
+        while not stop.is_set():
+            sum(range(10_000_000))  # one C call that keeps the GIL for a long time
+
+    thread = threading.Thread(target=hog, name="gil-hog")
+    thread.start()
+    try:
+        for _ in range(10):
+            time.sleep(0)  # lets the hog take the GIL in the middle of a loop step
+            await asyncio.sleep(0.001)
+    finally:
+        stop.set()
+        thread.join()
+"""
+
+
 @CLOCKS
 def test_a_thread_hogging_the_gil_is_a_note_not_a_finding(
     django_project: DjangoProject, clocks: str
 ) -> None:
     use_clocks(django_project, clocks)
-    django_project.tests(
-        """
-        import asyncio
-        import threading
-        import time
-
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_loop_waits_for_the_gil():
-            stop = threading.Event()
-
-            def hog():
-                while not stop.is_set():
-                    sum(range(10_000_000))  # one C call that keeps the GIL for a long time
-
-            thread = threading.Thread(target=hog, name="gil-hog")
-            thread.start()
-            try:
-                for _ in range(10):
-                    time.sleep(0)  # lets the hog take the GIL in the middle of a loop step
-                    await asyncio.sleep(0.001)
-            finally:
-                stop.set()
-                thread.join()
-        """
-    )
+    django_project.tests(GIL_HOG)
     result, report = django_project.report("--djasync-block-ms=50")
     result.assert_outcomes(passed=1)
     assert not violations(report, "test_loop_waits_for_the_gil")
@@ -1196,33 +1197,7 @@ def test_a_note_is_not_made_an_error_by_a_blanket_error_filter(
     """Many projects set ``filterwarnings = error``; notes are mostly about a busy machine, so
     that must not fail a clean test on a CI runner. A filter naming DjasyncWarning does."""
     django_project.ini("filterwarnings = error")
-    django_project.tests(
-        """
-        import asyncio
-        import threading
-        import time
-
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_loop_waits_for_the_gil():
-            stop = threading.Event()
-
-            def hog():
-                while not stop.is_set():
-                    sum(range(10_000_000))
-
-            thread = threading.Thread(target=hog, name="gil-hog")
-            thread.start()
-            try:
-                for _ in range(10):
-                    time.sleep(0)
-                    await asyncio.sleep(0.001)
-            finally:
-                stop.set()
-                thread.join()
-        """
-    )
+    django_project.tests(GIL_HOG)
     result = django_project.run("--djasync", "--djasync-block-ms=50")
     result.assert_outcomes(passed=1)
     assert re.findall(r"DjasyncWarning: .*not counted as a stall", result.stdout.str())
