@@ -121,14 +121,13 @@ class Judge:
 
     def _marker_failure(self, item: pytest.Item, kind: str, what: str, fix: str) -> bool:
         """Record a failed expectation as a finding; True when it fails the test."""
-        path, line, name = item.location
-        where = str(self.root / path)
+        where, line = def_line(item, self.root)
         finding = Finding(
             kind=kind,
             what=what,
             duration_ms=None,
             stack=(),
-            location=findings.Frame(where, _def_line(where, (line or 0) + 1), name, ""),
+            location=findings.Frame(where, line, item.location[2], ""),
             request=None,
             fix=fix,
             thread="MainThread",
@@ -142,8 +141,15 @@ class Judge:
 _DEF = re.compile(r"\s*(async\s+)?def\s")
 
 
+def def_line(item: pytest.Item, root: Path) -> tuple[str, int]:
+    """The file and ``def`` line of a test, whose location pytest gives as its first
+    decorator's."""
+    path, line, _ = item.location
+    where = str(root / path)
+    return where, _def_line(where, (line or 0) + 1)
+
+
 def _def_line(path: str, first: int) -> int:
-    """The ``def`` line of a test whose location pytest gives as its first decorator's."""
     for number in range(first, first + 50):
         text = linecache.getline(path, number)
         if not text:

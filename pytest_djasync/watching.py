@@ -8,13 +8,14 @@ found something.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from pytest_djasync import _compat, baseline, findings, live, markers, report
+from pytest_djasync import _compat, baseline, findings, live, markers, report, verdict
 from pytest_djasync import config as _config
 from pytest_djasync.dbthread import DatabaseThread
 from pytest_djasync.errors import AsyncSafetyFailure, DjasyncWarning, spared_from_blanket_errors
@@ -199,7 +200,7 @@ class WatchHooks:
         for note in phase.notes:
             with spared_from_blanket_errors(note):
                 try:
-                    item.warn(DjasyncWarning(note))
+                    self._warn(item, DjasyncWarning(note))
                 except DjasyncWarning as error:  # a filter naming it made it an error
                     pytest.fail(f"{_WARNING}: {error}", pytrace=False)  # the test's, not ours
         if not phase.text:
@@ -209,6 +210,14 @@ class WatchHooks:
             item.add_report_section(when, "djasync", phase.text)
             return
         raise AsyncSafetyFailure(phase.text, pytrace=False)
+
+    def _warn(self, item: pytest.Item, warning: DjasyncWarning) -> None:
+        """``item.warn``, at the test's ``def`` line rather than its first decorator's."""
+        if not isinstance(item, pytest.Function):
+            item.warn(warning)
+            return
+        _, line = verdict.def_line(item, self.root)
+        warnings.warn_explicit(warning, category=None, filename=item.location[0], lineno=line)
 
     def _hand_over(self, item: pytest.Item, nodeid: str) -> None:
         """Give the test's entry to its teardown report; an empty one in a ``--djasync`` run
