@@ -15,7 +15,7 @@ import sys
 import sysconfig
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple
@@ -174,11 +174,11 @@ def _allowing_pattern(stack: Stack, patterns: Sequence[str]) -> str | None:
 
 
 def _blamed_depth(stack: Stack) -> int:
-    """Where in ``stack`` a finding's blame starts: see _allowing_pattern."""
+    """Where in ``stack`` a finding's blame starts (user_frame's frame): see _allowing_pattern."""
     for belongs in (is_user_path, _third_party):
-        depths = [depth for depth, frame in enumerate(stack) if belongs(frame.path)]
-        if depths:
-            return depths[-1]
+        depth = innermost(stack, belongs)
+        if depth >= 0:
+            return depth
     return 0
 
 
@@ -318,13 +318,19 @@ def user_frame(stack: Stack) -> Frame | None:
     """The innermost frame of the project's own code; else the innermost of an installed
     package other than Django and asgiref (a serializer, django-ninja's response building),
     which says more than Django's internals; else the innermost frame at all."""
-    for frame in reversed(stack):
-        if is_user_path(frame.path):
-            return frame
-    for frame in reversed(stack):
-        if _third_party(frame.path):
-            return frame
+    for belongs in (is_user_path, _third_party):
+        depth = innermost(stack, belongs)
+        if depth >= 0:
+            return stack[depth]
     return stack[-1] if stack else None
+
+
+def innermost(stack: Stack, belongs: Callable[[str], bool]) -> int:
+    """The index of the innermost frame whose path ``belongs``, or -1."""
+    for depth in range(len(stack) - 1, -1, -1):
+        if belongs(stack[depth].path):
+            return depth
+    return -1
 
 
 # Django's and asgiref's internals say less than the code they ran, and this plugin's own
@@ -417,8 +423,12 @@ def _library_caller(frame: FrameType) -> tuple[str, str] | None:
     caller = frame.f_back
     if caller is None or is_user_path(caller.f_code.co_filename) or _not_installed(caller):
         return None
-    package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
-    return package, method_name(caller)
+    return package_and_name(caller)
+
+
+def package_and_name(frame: FrameType) -> tuple[str, str]:
+    """The top-level package of ``frame``'s code and its function's name, for a message."""
+    return str(frame.f_globals.get("__name__", "?")).partition(".")[0], method_name(frame)
 
 
 def method_name(frame: FrameType) -> str:

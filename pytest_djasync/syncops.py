@@ -148,8 +148,7 @@ def _called_by(caller: FrameType | None, evaluated: bool) -> str | None:
         caller = caller.f_back  # a manager's proxy method: Author.objects.count()
     if caller is None or findings.is_user_path(caller.f_code.co_filename):
         return None
-    package = str(caller.f_globals.get("__name__", "?")).partition(".")[0]
-    name = findings.method_name(caller)
+    package, name = findings.package_and_name(caller)
     if evaluated:
         return (
             f"{package}'s {name}() evaluates the QuerySet on the loop, not your code: hand it"
@@ -199,22 +198,26 @@ def _read_by_a_package(reader: FrameType, what: str) -> str:
     error tracker adding the user to its events once the response is sent): no line of the
     project's reads it, and the package may have caught the error, so the response looked
     fine."""
-    package = str(reader.f_globals.get("__name__", "?")).partition(".")[0]
-    name = findings.method_name(reader)
+    package, name = findings.package_and_name(reader)
     attribute = "request.session" if what == _LAZY_SESSION[0] else "request.user"
-    load = (
-        "await request.session.aget(...) (Django 5.1+)"
-        if attribute == "request.session"
-        else "request.user = await request.auser() (Django 5.0+; before it, await"
-        " sync_to_async(lambda: request.user.is_authenticated)(), which loads it in a thread)"
-    )
+    middleware, load = _LOADED_BY[attribute]
     return (
         f"{package}'s {name}() read {attribute} on the loop, not your code (a package may catch"
         f" the error: the response looks fine, what it wanted is lost): load it before the"
-        f" package reads it, in an async middleware placed after Django's"
-        f" {'SessionMiddleware' if attribute == 'request.session' else 'AuthenticationMiddleware'}"
-        f" that does {load}"
+        f" package reads it, in an async middleware placed after Django's {middleware} that"
+        f" does {load}"
     )
+
+
+# The middleware that sets each lazy attribute up, and how an async one loads it on the loop
+_LOADED_BY = {
+    "request.user": (
+        "AuthenticationMiddleware",
+        "request.user = await request.auser() (Django 5.0+; before it, await"
+        " sync_to_async(lambda: request.user.is_authenticated)(), which loads it in a thread)",
+    ),
+    "request.session": ("SessionMiddleware", "await request.session.aget(...) (Django 5.1+)"),
+}
 
 
 _SYNC_CALL = "a sync database call"

@@ -697,8 +697,7 @@ _SYNC_TWINS = {
 
 def _django_call(stack: Stack) -> str | None:
     """The Django function the project's innermost frame called, if it called Django."""
-    own = [depth for depth, frame in enumerate(stack) if findings.is_user_path(frame.path)]
-    below = stack[own[-1] + 1 :] if own else stack
+    below = stack[findings.innermost(stack, findings.is_user_path) + 1 :]
     if below and f"{os.sep}django{os.sep}" in below[0].path:
         return below[0].function
     return None
