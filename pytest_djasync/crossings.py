@@ -106,10 +106,8 @@ class Crossing:
         source = self._explain()[2]
         if source is None:
             return None
-        name, module, path = source
-        if module.startswith("django.") or not findings.is_installed(path):
-            return None
-        return f"{name} ({module.partition('.')[0]})"
+        package = _package_of(source)
+        return f"{source[0]} ({package})" if package else None
 
     def _explain(self) -> tuple[str, str, Source | None]:
         if self._explained is None:
@@ -490,10 +488,18 @@ def _reads_a_stream(crossing: Crossing) -> bool:
 
 
 def _stream(response: Any) -> tuple[str, Source]:
-    name, module, path = source = _source(response)
-    installed = findings.is_installed(path) and not module.startswith("django.")
-    whose = f"{name}, from {module.partition('.')[0]}" if installed else name
+    source = _source(response)
+    package = _package_of(source)
+    whose = f"{source[0]}, from {package}" if package else source[0]
     return f"a streaming response's sync iterator read in a thread ({whose})", source
+
+
+def _package_of(source: Source) -> str | None:
+    """The installed package, other than Django, whose code ``source`` is; else ``None``."""
+    _, module, path = source
+    if module.startswith("django.") or not findings.is_installed(path):
+        return None
+    return module.partition(".")[0]
 
 
 def _is_chain_link(func: Any) -> bool:
@@ -695,9 +701,7 @@ def _middleware_name(middleware: Any) -> str:
 
 def _is_mixin_with_hooks(middleware: Any) -> bool:
     """A ``MiddlewareMixin`` class that has a hook."""
-    from django.utils.deprecation import MiddlewareMixin
-
-    if not (isinstance(middleware, type) and issubclass(middleware, MiddlewareMixin)):
+    if not (isinstance(middleware, type) and _is_mixin(middleware)):
         return False
     hooks = ("process_request", "process_response", "process_view")
     return any(hasattr(middleware, hook) for hook in hooks)

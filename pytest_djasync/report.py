@@ -326,7 +326,7 @@ def crossings_text(recorder: Recorder, limit: int, where: str) -> str:
         return "\n".join([*lines, "", _none_avoidable(recorder, found.floors)])
     lines += _advice_lines(found.avoidable)
     lines += _apart(found.djangos, _DJANGOS_MIDDLEWARE)
-    if any(advice == _named_middleware_advice() for _, advice in found.avoidable):
+    if any(advice == _CROSSING_ADVICE["middleware"] for _, advice in found.avoidable):
         lines += _apart(hooks_in_sync_mode(recorder), _CAREFUL)  # the advice converts one
     lines += _apart(found.installed, _INSTALLED)
     lines += _apart(found.packages, _PACKAGES)
@@ -399,12 +399,16 @@ def _advice_lines(avoidable: list[tuple[Crossing, str]]) -> list[str]:
 
 
 def _advice_counts(avoidable: list[tuple[Crossing, str]]) -> dict[str, int]:
-    return dict(Counter(advice for _, advice in avoidable))
-
-
-def _named_middleware_advice() -> str:
+    """How many crossings each advice covers; the middleware advice names the project's
+    sync-only middleware (a walk over settings.MIDDLEWARE, so once)."""
+    counts = Counter(advice for _, advice in avoidable)
+    if _CROSSING_ADVICE["middleware"] not in counts:
+        return dict(counts)
     which = ", ".join(sync_only_middleware()) or "the middleware"
-    return _CROSSING_ADVICE["middleware"].format(which=which)
+    named = _CROSSING_ADVICE["middleware"].format(which=which)
+    return {
+        named if text == _CROSSING_ADVICE["middleware"] else text: n for text, n in counts.items()
+    }
 
 
 def _apart(names: list[str], text: str) -> list[str]:
@@ -450,16 +454,11 @@ def _sorted_out(recorder: Recorder) -> _Sorted:
         elif _batchable(crossing):
             batches.setdefault(crossing.request, []).append(crossing)
         elif crossing.origin not in ("handler", "test-client") or _avoidable_stream(crossing):
-            found.avoidable.append((crossing, _named(_advice(crossing.origin, crossing.detail))))
+            found.avoidable.append((crossing, _advice(crossing.origin, crossing.detail)))
     for batch in batches.values():
         found.avoidable.extend(_batched(batch))
         found.floors.append(_floor(batch))
     return found
-
-
-def _named(advice: str) -> str:
-    """The middleware advice names the project's sync-only middleware."""
-    return _named_middleware_advice() if advice == _CROSSING_ADVICE["middleware"] else advice
 
 
 def _batchable(crossing: Crossing) -> bool:
