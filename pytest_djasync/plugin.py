@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_djasync import _compat, markers
 from pytest_djasync import config as _config
 from pytest_djasync import fixtures as _fixtures
-from pytest_djasync import markers
 
 SETTINGS_KEY = pytest.StashKey[_config.Settings]()
 
@@ -22,6 +22,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _compat.skip_assertion_rewriting(config, "pytest_djasync")
     settings = _config.resolve(config)
     config.stash[SETTINGS_KEY] = settings
     markers.register(config)

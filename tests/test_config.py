@@ -576,6 +576,32 @@ def test_installed_but_not_enabled_registers_no_per_test_hooks(
     django_project.run().assert_outcomes(passed=1)
 
 
+def test_the_detectors_load_without_assertion_rewriting(django_project: DjangoProject) -> None:
+    """pytest marks a plugin's modules for assertion rewriting, and its loader costs a watched
+    run about 1% (bench/README.md): the modules the plugin imports once it is configured load
+    with Python's own loader. The project's asserts are rewritten as before."""
+    django_project.tests(
+        """
+        import sys
+
+        def loader(name):
+            return type(sys.modules[name].__loader__).__name__
+
+        def test_loaders():
+            # loaded before the plugin was configured: by pytest's hook, so it was marked
+            assert loader("pytest_djasync.plugin") == "AssertionRewritingHook"
+            assert loader("pytest_djasync.watching") == "SourceFileLoader"
+            assert loader("pytest_djasync.watchdog") == "SourceFileLoader"
+
+        def test_the_projects_asserts_are_rewritten():
+            assert [1, 2] == [1, 3]
+        """
+    )
+    result = django_project.run("--djasync")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*At index 1 diff: 2 != 3*"])
+
+
 def test_loading_the_plugin_imports_no_detector_and_no_httpx() -> None:
     code = (
         "import sys, pytest_djasync.plugin, pytest_djasync.latency\n"
@@ -587,6 +613,7 @@ def test_loading_the_plugin_imports_no_detector_and_no_httpx() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
+        "pytest_djasync._compat",
         "pytest_djasync.config",
         "pytest_djasync.errors",
         "pytest_djasync.fixtures",
