@@ -6,6 +6,7 @@ reported against the place the user has to fix.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -14,6 +15,8 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_djasync import baseline
+
+UNSAFE_ENV = "DJANGO_ALLOW_ASYNC_UNSAFE"
 
 T = TypeVar("T")
 
@@ -360,3 +363,13 @@ def load_baseline(settings: Settings, root: Path) -> baseline.Baseline:
         raise pytest.UsageError(
             f"pytest-djasync: {settings.baseline.source}: {exc}{hint}"
         ) from None
+
+
+def unsafe_mode_warning() -> str | None:
+    """The header's warning when Django is told not to raise ``SynchronousOnlyOperation``."""
+    if os.environ.get(UNSAFE_ENV):
+        return (
+            f"djasync: WARNING {UNSAFE_ENV} is set: Django will not raise"
+            " SynchronousOnlyOperation, so sync ORM calls on the event loop go unreported"
+        )
+    return None

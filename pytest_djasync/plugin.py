@@ -42,9 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from pytest_djasync import syncops
-
-    warning = syncops.unsafe_mode_warning()
+    warning = _config.unsafe_mode_warning()
     return config.stash[SETTINGS_KEY].header_lines() + ([warning] if warning else [])
 
 

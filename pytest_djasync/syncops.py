@@ -18,8 +18,6 @@ from typing import Any
 
 from pytest_djasync import findings, patching
 
-UNSAFE_ENV = "DJANGO_ALLOW_ASYNC_UNSAFE"
-
 _ORM_API = ("/django/db/models/query.py", "/django/db/models/base.py")
 _EVALUATION = {"__iter__", "__len__", "__bool__", "__getitem__", "_fetch_all", "__aiter__"}
 _ITERATE = "iterate with async for (or [obj async for obj in queryset]) instead of a sync loop"
@@ -312,12 +310,3 @@ def _carries(escaped: BaseException | None, error: BaseException, depth: int = 0
         return True
     inner = [*getattr(escaped, "exceptions", ()), escaped.__cause__ or escaped.__context__]
     return any(_carries(e, error, depth + 1) for e in inner if isinstance(e, BaseException))
-
-
-def unsafe_mode_warning() -> str | None:
-    if os.environ.get(UNSAFE_ENV):
-        return (
-            f"djasync: WARNING {UNSAFE_ENV} is set: Django will not raise"
-            " SynchronousOnlyOperation, so sync ORM calls on the event loop go unreported"
-        )
-    return None

@@ -571,6 +571,7 @@ def test_installed_but_not_enabled_registers_no_per_test_hooks(
             loaded = [m for m in sys.modules if m.startswith("pytest_djasync.")]
             assert "pytest_djasync.watching" not in loaded, loaded
             assert "pytest_djasync.watchdog" not in loaded, loaded
+            assert "pytest_djasync.syncops" not in loaded, loaded  # not for the header either
         """
     )
     django_project.run().assert_outcomes(passed=1)
