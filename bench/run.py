@@ -36,6 +36,7 @@ WORK = HERE / ".work"
 RESULTS = HERE / "results"
 PARTS = ("overhead", "pairs", "instructions", "detection", "soak", "profile")
 PAIR_CONFIGS = ("absent", "installed", "djasync")  # absent: the control pair
+SUITES = {"requests": suites.requests_suite, "tiny": suites.tiny_suite}
 PACKAGES = (
     "pytest",
     "pytest-asyncio",
@@ -68,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-ms", type=float, default=50, help="soak threshold (50)")
     parser.add_argument(
         "--configs", nargs="+", default=list(overhead.CONFIGS), choices=list(overhead.CONFIGS)
+    )
+    parser.add_argument(
+        "--suites",
+        nargs="+",
+        default=list(SUITES),
+        choices=list(SUITES),
+        help="overhead suites to time (overhead, pairs, instructions)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--skip", nargs="+", default=[], choices=PARTS, help="parts not to run")
@@ -135,7 +143,9 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
         "load_start": _load(),
         "mode": f"{mode}: {args.repeat} repeats, {args.rounds} detection rounds,"
         f" {args.pairs} concurrent pairs, {args.soak_runs} soak runs with {args.hogs} hogs"
-        + (f"; skipped: {', '.join(args.skip)}" if args.skip else ""),
+        + (f"; skipped: {', '.join(args.skip)}" if args.skip else "")
+        + (f"; suites: {', '.join(args.suites)}" if args.suites != list(SUITES) else "")
+        + (f"; configs: {', '.join(args.configs)}"),
     }
 
 
@@ -163,22 +173,17 @@ def run_parts(args: argparse.Namespace, calibration: dict[str, int]) -> dict[str
     results: dict[str, Any] = {"calibration": calibration}
     if "overhead" not in args.skip:
         print("overhead:", file=sys.stderr)
-        roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
-        suites.requests_suite(roots["requests"], calibration)
-        suites.tiny_suite(roots["tiny"], calibration)
+        roots = _overhead_suites(args.suites, calibration)
         results["overhead"] = overhead.measure(roots, args.configs, args.repeat, args.full)
     if "pairs" not in args.skip and pairs.available():
         print("concurrent pairs:", file=sys.stderr)
-        roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
-        suites.requests_suite(roots["requests"], calibration)
-        suites.tiny_suite(roots["tiny"], calibration)
-        overhead.warm_up(roots, list(PAIR_CONFIGS))
-        results["pairs"] = pairs.measure(roots, PAIR_CONFIGS, args.pairs)
+        roots = _overhead_suites(args.suites, calibration)
+        configs = [c for c in PAIR_CONFIGS if c in args.configs]
+        overhead.warm_up(roots, configs)
+        results["pairs"] = pairs.measure(roots, configs, args.pairs)
     if "instructions" not in args.skip and instructions.available():
         print("instructions (valgrind):", file=sys.stderr)
-        roots = {"requests": WORK / "requests", "tiny": WORK / "tiny"}
-        suites.requests_suite(roots["requests"], calibration)
-        suites.tiny_suite(roots["tiny"], calibration)
+        roots = _overhead_suites(args.suites, calibration)
         results["instructions"] = instructions.measure(roots)
     if "detection" not in args.skip:
         print("detection matrix:", file=sys.stderr)
@@ -195,6 +200,14 @@ def run_parts(args: argparse.Namespace, calibration: dict[str, int]) -> dict[str
             write(WORK / f"profile-{name}", calibration)
             results["profile"][name] = profiling.profile(WORK / f"profile-{name}", ["--djasync"])
     return results
+
+
+def _overhead_suites(names: list[str], calibration: dict[str, int]) -> dict[str, Path]:
+    """The chosen overhead suites, written afresh: name -> root."""
+    roots = {name: WORK / name for name in names}
+    for name, root in roots.items():
+        SUITES[name](root, calibration)
+    return roots
 
 
 def main(argv: list[str] | None = None) -> int:
