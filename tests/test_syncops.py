@@ -275,6 +275,41 @@ def test_an_error_caught_by_assert_raises_is_caught_by_the_test(
         assert found["allowed_by"] == "caught by the test", entry["nodeid"]
 
 
+def test_an_error_a_library_turned_into_its_own_is_not_caught_by_the_test(
+    django_project: DjangoProject,
+) -> None:
+    """pydantic keeps only the message of an error raised while it reads an attribute, and
+    raises a ValidationError of its own (trial: Django Ninja's test client serialising a
+    queryset's relation in the test's task); the test fails, so it did not catch the error."""
+    django_project.module("tproj/models.py", MODELS)
+    django_project.tests(
+        """
+        import pytest
+        from django.core.exceptions import SynchronousOnlyOperation
+
+        from tproj.models import Author
+
+        def validate(read):
+            try:
+                read()
+            except SynchronousOnlyOperation as error:
+                message = str(error)
+                error.__traceback__ = None  # as pydantic-core does
+            raise ValueError(f"Error extracting attribute: {message}")
+
+        @pytest.mark.asyncio
+        async def test_serialised():
+            validate(lambda: list(Author.objects.all()))
+        """
+    )
+    result, report = django_project.report()
+    result.assert_outcomes(failed=1)
+    [found] = violations(report, "test_serialised")
+    assert found["kind"] == "sync-only"
+    assert found["allowed_by"] is None
+    assert "caught by the test" not in result.stdout.str()
+
+
 def test_a_package_reading_the_lazy_user_is_named_and_told_to_have_it_loaded_first(
     django_project: DjangoProject,
 ) -> None:
