@@ -359,10 +359,10 @@ _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>
 _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
 
-def fix_in(user: FrameType | None, fix: str) -> str:
+def fix_in(user: FrameType | None, fix: str, database: bool = False) -> str:
     """The fix, for the user's function that made the call: one that is sync (a helper, a
     signal's sync receiver, a task) cannot await anything; its async caller has to hand it off.
-    ``fix`` is the one for async code."""
+    ``fix`` is the one for async code; ``database``: the call was the ORM's, not only blocking."""
     while user is not None and user.f_code.co_name in _COMPREHENSIONS:
         user = user.f_back  # before Python 3.12 a comprehension is a function of its own
     if user is None or user.f_code.co_flags & _ASYNC_CODE:
@@ -398,9 +398,12 @@ def fix_in(user: FrameType | None, fix: str) -> str:
             f" awaits what it calls, or hand the package sync_to_async({entered}) in its place"
         )
     adapter = "database_sync_to_async" if _in_a_consumer(user) else "sync_to_async"
+    # Thread-sensitive hand-offs run one at a time, on the thread that holds the connections:
+    # right for a helper that also queries, needless for one that only waits.
+    apart = "" if database else f" (or asyncio.to_thread({name}, ...) if it makes no queries)"
     return (
         f"{name}() is a sync function run on the event loop: have its async caller await"
-        f" {adapter}({name})(...); or make it async and {then}"
+        f" {adapter}({name})(...){apart}; or make it async and {then}"
     )
 
 

@@ -105,7 +105,7 @@ def describe(frame: FrameType | None) -> tuple[str, str]:
         if api is not None:
             evaluated = fix is _ITERATE or fix in _ASK.values()
             fix = _called_by(api.f_back, evaluated=evaluated) or fix
-    return what, findings.fix_in(frame, fix)
+    return what, findings.fix_in(frame, fix, database=True)
 
 
 _DATABASE_LAYER = tuple(

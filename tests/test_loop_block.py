@@ -350,7 +350,7 @@ def test_a_blocking_call_in_a_sync_function_is_fixed_at_its_async_caller(
     assert helper["location"]["function"] == "pause"
     assert helper["fix"].startswith(
         "pause() is a sync function run on the event loop: have its async caller await"
-        " sync_to_async(pause)(...)"
+        " sync_to_async(pause)(...) (or asyncio.to_thread(pause, ...) if it makes no queries);"
     ), helper["fix"]
     assert helper["fix"].endswith(
         "or make it async and await asyncio.sleep(...) instead of time.sleep(...)"
