@@ -67,6 +67,7 @@ class Call:
     # Answered before its task let the loop run anything else (async only): no I/O, no timer,
     # as a mock without a delay answers. Such calls cannot overlap, whatever the code does.
     at_once: bool = False
+    on_loop: bool = False  # a sync client's call made on a thread running an event loop
 
     @property
     def duration(self) -> float:
@@ -226,6 +227,23 @@ def _pool_wait(calls: list[Call]) -> str | None:
     )
 
 
+def _sync_on_the_loop(calls: list[Call]) -> str | None:
+    """A sync client's call on the loop holds back every other call until it is answered."""
+    blocking = [c for c in calls if c.on_loop]
+    if not blocking or _peak(calls) > 1:
+        return None
+    names = _names([c.label for c in blocking])
+    if len(blocking) == 1:
+        return (
+            f"the sync call {names} ran on the event loop, which could start nothing else until"
+            " it was answered: send it with an httpx.AsyncClient"
+        )
+    return (
+        f"the sync calls {names} ran on the event loop, which could start nothing else until"
+        " each was answered: send them with an httpx.AsyncClient"
+    )
+
+
 def _one_task(calls: list[Call]) -> str | None:
     tasks = {c.task for c in calls if c.is_async}
     if len(tasks) != 1 or None in tasks or _peak(calls) > 1:
@@ -335,6 +353,7 @@ def _names(labels: list[str], most: int = 3) -> str:
 _CAUSES: tuple[Callable[[list[Call]], str | None], ...] = (
     _thread_sensitive,
     _pool_wait,
+    _sync_on_the_loop,
     _one_task,
     _sync_in_turn,
     _tasks_in_turn,
@@ -438,6 +457,7 @@ def _begin(request: httpx.Request, is_async: bool) -> Call:
         is_async=is_async,
         task=_task_number(asyncio.current_task()) if is_async else None,
         thread_sensitive=not is_async and _in_thread_sensitive_executor(),
+        on_loop=not is_async and asyncio._get_running_loop() is not None,
         location=findings.user_frame(stack),
         sent_from=_project_frames(stack),
     )

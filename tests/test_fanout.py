@@ -143,6 +143,14 @@ async def sync_then_sequential(request):
     return HttpResponse("ok")
 
 
+async def sync_on_the_loop(request):
+    first, second = _urls(request, count=2)
+    _fetch_with_httpx_client(first)  # a sync client, on the loop
+    async with httpx.AsyncClient(verify=TLS) as client:
+        await client.get(second)
+    return HttpResponse("ok")
+
+
 async def gather_then_one(request):
     a, b, c = _urls(request)
     async with httpx.AsyncClient(verify=TLS) as client:
@@ -818,6 +826,32 @@ def test_one_thread_sensitive_call_is_no_queue_on_the_executor(project: DjangoPr
         ]
     )
     result.stdout.no_fnmatch_line("*thread-sensitive executor*")
+
+
+def test_a_sync_call_on_the_loop_is_named_as_what_held_the_others_back(
+    project: DjangoProject,
+) -> None:
+    """A sync client's call on the loop, then an async one: the first held everything back
+    (trial: the cause said the calls were awaited one after another in one task)."""
+    project.tests(
+        """
+        import pytest
+
+        @pytest.mark.djasync_fanout(2)
+        @pytest.mark.asyncio
+        async def test_sync_on_the_loop(asgi_client, api):
+            assert (await asgi_client.get("/sync_on_the_loop/")).status_code == 200
+        """
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  2 requests, peak 1 in flight*",
+            "  likely cause: the sync call GET api.test/a ran on the event loop, which could"
+            " start nothing else until it was answered: send it with an httpx.AsyncClient",
+        ]
+    )
 
 
 def test_a_cap_is_named_only_on_evidence_of_one(project: DjangoProject) -> None:
